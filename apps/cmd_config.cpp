@@ -1,0 +1,43 @@
+// cmd_config.cpp — `subq config`: --explain (every key, type, default, doc), --check FILE [--set k=v],
+// --print (the resolved config as YAML), --defaults (a fully commented default config).
+#include <cstdio>
+
+#include "apps/cli.h"
+#include "subq/core/log.h"
+#include "subq/core/run_config.h"
+#include "subq/core/run_dir.h"
+
+namespace subq::cli {
+
+void add_config_command(CLI::App& app, Context& ctx) {
+  auto* cmd = app.add_subcommand("config", "explain config keys, or check / print a config file");
+  struct Opts {
+    bool explain = false, print = false, defaults = false;
+    std::string prefix, check;
+    std::vector<std::string> sets;
+  };
+  static Opts o;
+  cmd->add_flag("--explain", o.explain, "list every key with its type, default, constraints and doc");
+  cmd->add_option("--prefix", o.prefix, "with --explain: only keys under this prefix (e.g. model or optim.lr)");
+  cmd->add_option("--check", o.check, "validate this config file (with its includes and --set overrides)");
+  cmd->add_option("--set", o.sets, "override a key: --set model.d_model=512 (repeatable)")->take_all();
+  cmd->add_flag("--print", o.print, "print the resolved config (every key) as YAML");
+  cmd->add_flag("--defaults", o.defaults, "print the default config as YAML with a comment per key");
+  cmd->callback([&ctx] {
+    ctx.action = [] {
+      if (!o.explain && o.check.empty() && !o.print && !o.defaults)
+        throw UsageError("subq config: give --explain, --check FILE, --print or --defaults (see subq config --help)");
+      if (o.explain) std::fputs(config::explain(config::schema_of<RunConfig>(), o.prefix).c_str(), stdout);
+      if (o.defaults) std::fputs(config::to_yaml(RunConfig{}, true).c_str(), stdout);
+      if (!o.check.empty() || o.print || !o.sets.empty()) {
+        RunConfig cfg = load_run_config(o.check, o.sets);
+        if (o.print) std::fputs(config::to_yaml(cfg).c_str(), stdout);
+        if (!o.check.empty())
+          log::info(str(o.check, ": ok (run directory ", run_dir_path(cfg), ")"));
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace subq::cli

@@ -1,0 +1,29 @@
+// subq_catch.h — one include for Catch2 v2 (Debian 12: single header) and v3 (Ubuntu 24.04).
+// SUBQ_SKIP(msg) skips the rest of a test with a message on both (v2 has no SKIP: it warns and returns).
+#pragma once
+
+#if __has_include(<catch2/catch_test_macros.hpp>)
+#include <catch2/catch_approx.hpp>
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+using Catch::Approx;
+#define SUBQ_SKIP(msg) SKIP(msg)
+#else
+#include <catch2/catch.hpp>
+#define SUBQ_SKIP(msg)        \
+  do {                        \
+    WARN("SKIPPED: " << msg); \
+    return;                   \
+  } while (0)
+#endif
+
+#include <cstdlib>
+#include <string>
+
+namespace subq::test {
+// Root of the source tree (set by CTest), for configs and fixtures.
+inline std::string source_dir() {
+  const char* s = std::getenv("SUBQ_SOURCE_DIR");
+  return s ? s : ".";
+}
+}  // namespace subq::test
