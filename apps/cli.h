@@ -1,6 +1,8 @@
-// cli.h — shared pieces of the `subq` command line: each subcommand lives in apps/cmd_<name>.cpp and
-// registers itself with add_<name>_command(). A subcommand's callback stores the action to run;
-// main() runs it and turns exceptions into exit codes (0 ok, 1 runtime failure, 2 bad usage/config/input).
+// cli.h — shared pieces of the `subq` command line. Each subcommand lives in apps/cmd_<name>.cpp and
+// registers itself with SUBQ_REGISTER_COMMAND(order, fn), where fn(CLI::App&, Context&) adds the
+// subcommand; `order` sorts them in --help. A subcommand's callback stores the action to run in
+// ctx.action; main() runs it and turns exceptions into exit codes (0 ok, 1 runtime failure, 2 bad
+// usage/config/input).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -16,9 +18,29 @@ struct Context {
   std::vector<std::string> argv;   // the full command line, recorded in run directories
 };
 
-void add_version_command(CLI::App& app, Context& ctx);
-void add_config_command(CLI::App& app, Context& ctx);
-void add_train_command(CLI::App& app, Context& ctx);
-void add_eval_command(CLI::App& app, Context& ctx);
+using CommandAdder = void (*)(CLI::App&, Context&);
+struct CommandEntry {
+  int order;
+  CommandAdder add;
+};
+std::vector<CommandEntry>& command_registry();
+
+// The `subq bench` parent command, created on first use: bench drivers in different files add their
+// own subcommands to it (subq bench train, subq bench tokenizer, ...).
+inline CLI::App* bench_command(CLI::App& app) {
+  for (auto* c : app.get_subcommands([](CLI::App* s) { return s->get_name() == "bench"; })) return c;
+  auto* b = app.add_subcommand("bench", "benchmark drivers; results go to bench/results/");
+  b->require_subcommand(1);
+  return b;
+}
+
+struct CommandRegistrar {
+  CommandRegistrar(int order, CommandAdder add) { command_registry().push_back({order, add}); }
+};
 
 }  // namespace subq::cli
+
+#define SUBQ_CLI_CONCAT2(a, b) a##b
+#define SUBQ_CLI_CONCAT(a, b) SUBQ_CLI_CONCAT2(a, b)
+#define SUBQ_REGISTER_COMMAND(order, fn) \
+  static ::subq::cli::CommandRegistrar SUBQ_CLI_CONCAT(subq_cmd_registrar_, __LINE__)(order, fn)

@@ -9,6 +9,7 @@
 
 namespace subq::cli {
 
+namespace {
 void add_config_command(CLI::App& app, Context& ctx) {
   auto* cmd = app.add_subcommand("config", "explain config keys, or check / print a config file");
   struct Opts {
@@ -39,5 +40,9 @@ void add_config_command(CLI::App& app, Context& ctx) {
     };
   });
 }
+
+}  // namespace
+
+SUBQ_REGISTER_COMMAND(20, add_config_command);
 
 }  // namespace subq::cli

@@ -6,6 +6,7 @@
 
 namespace subq::cli {
 
+namespace {
 void add_eval_command(CLI::App& app, Context& ctx) {
   auto* cmd = app.add_subcommand("eval", "evaluate a trained model on held-out data (JSON to stdout)");
   struct Opts {
@@ -23,5 +24,9 @@ void add_eval_command(CLI::App& app, Context& ctx) {
     };
   });
 }
+
+}  // namespace
+
+SUBQ_REGISTER_COMMAND(50, add_eval_command);
 
 }  // namespace subq::cli

@@ -7,6 +7,7 @@
 
 namespace subq::cli {
 
+namespace {
 void add_train_command(CLI::App& app, Context& ctx) {
   auto* cmd = app.add_subcommand("train", "train a model from a YAML config");
   struct Opts {
@@ -29,5 +30,9 @@ void add_train_command(CLI::App& app, Context& ctx) {
     };
   });
 }
+
+}  // namespace
+
+SUBQ_REGISTER_COMMAND(40, add_train_command);
 
 }  // namespace subq::cli

@@ -8,6 +8,7 @@
 
 namespace subq::cli {
 
+namespace {
 void add_version_command(CLI::App& app, Context& ctx) {
   auto* cmd = app.add_subcommand("version", "print the build (commit, LibTorch, CUDA, NCCL) and the GPUs seen");
   static bool json = false, no_probe = false;
@@ -43,5 +44,9 @@ void add_version_command(CLI::App& app, Context& ctx) {
     };
   });
 }
+
+}  // namespace
+
+SUBQ_REGISTER_COMMAND(10, add_version_command);
 
 }  // namespace subq::cli

@@ -3,6 +3,7 @@
 // CLI11 parse errors are usage errors (2), anything else is a runtime failure (1).
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 
@@ -10,6 +11,13 @@
 #include "subq/core/build_info.h"
 #include "subq/core/error.h"
 #include "subq/core/log.h"
+
+namespace subq::cli {
+std::vector<CommandEntry>& command_registry() {
+  static std::vector<CommandEntry> r;
+  return r;
+}
+}  // namespace subq::cli
 
 int main(int argc, char** argv) {
   subq::cli::Context ctx;
@@ -20,10 +28,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string(subq::build_version()) + " (" + subq::build_commit() + ")");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "console log level: debug, info, warn, error")->capture_default_str();
-  subq::cli::add_version_command(app, ctx);
-  subq::cli::add_config_command(app, ctx);
-  subq::cli::add_train_command(app, ctx);
-  subq::cli::add_eval_command(app, ctx);
+  auto cmds = subq::cli::command_registry();
+  std::sort(cmds.begin(), cmds.end(), [](const auto& a, const auto& b) { return a.order < b.order; });
+  for (const auto& c : cmds) c.add(app, ctx);
 
   try {
     app.parse(argc, argv);

@@ -1,10 +1,14 @@
 # SubqTargets.cmake — helpers that build, register and label targets in one line.
 #
-#   subq_library(NAME SOURCES ... [TORCH] [DEPS ...])   static library; TORCH links LibTorch + PCH
+#   subq_library(NAME SOURCES ... [TORCH] [SHARED] [DEPS ...])  library; TORCH links LibTorch + PCH
 #   subq_test(NAME SOURCES ... LABELS cpu|gpu [DEPS ...]) Catch2 test executable registered with CTest
 function(subq_library name)
-  cmake_parse_arguments(A "TORCH" "" "SOURCES;DEPS" ${ARGN})
-  add_library(${name} STATIC ${A_SOURCES})
+  cmake_parse_arguments(A "TORCH;SHARED" "" "SOURCES;DEPS" ${ARGN})
+  if(A_SHARED)
+    add_library(${name} SHARED ${A_SOURCES})
+  else()
+    add_library(${name} STATIC ${A_SOURCES})
+  endif()
   target_include_directories(${name} PUBLIC "${PROJECT_SOURCE_DIR}/include" PRIVATE "${PROJECT_SOURCE_DIR}/src")
   target_link_libraries(${name} PUBLIC ${A_DEPS})
   target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
@@ -29,6 +33,7 @@ function(subq_test name)
   cmake_parse_arguments(A "" "" "SOURCES;LABELS;DEPS" ${ARGN})
   add_executable(${name} ${A_SOURCES})
   target_link_libraries(${name} PRIVATE subq_catch_main ${A_DEPS})
+  target_compile_options(${name} PRIVATE -Wall -Wextra -Wno-unused-parameter)
   target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}/tests" "${PROJECT_SOURCE_DIR}/src")
   add_test(NAME ${name} COMMAND ${name})
   set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}"

@@ -17,6 +17,7 @@ using Catch::Approx;
   } while (0)
 #endif
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -25,5 +26,14 @@ namespace subq::test {
 inline std::string source_dir() {
   const char* s = std::getenv("SUBQ_SOURCE_DIR");
   return s ? s : ".";
+}
+// ../shared/data beside the checkout (or $SUBQ_SHARED_DATA), "" when absent: tests that need it skip.
+inline std::string shared_data_dir() {
+  const char* e = std::getenv("SUBQ_SHARED_DATA");
+  std::string p = e ? e : source_dir() + "/../shared/data";
+  FILE* f = std::fopen((p + "/README.md").c_str(), "r");
+  if (!f) return "";
+  std::fclose(f);
+  return p;
 }
 }  // namespace subq::test

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# gpu_check.sh — the whole GPU check in one call (made for the H200 image: Ubuntu 24.04, its torch
+# 2.11.0+cu130, nvcc 13, NCCL, no network): build for sm_90a, run every test (cpu and gpu labels),
+# print the machine, run a short training smoke test on the GPU. Logs and summary.txt go to
+# $OUT (or ./gpu-check-out). Exit status is non-zero when any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+# NVLink multicast stays off on shared machines.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+BUILD=${SUBQ_BUILD_DIR:-build-gpu}
+summary="$OUT/summary.txt"
+: > "$summary"
+status=0
+step() {  # step NAME CMD... : runs CMD with its output in $OUT/NAME.log, records ok/FAIL and the time
+  local name=$1; shift
+  local t0=$SECONDS
+  if "$@" > "$OUT/$name.log" 2>&1; then
+    echo "ok    $name ($((SECONDS - t0)) s)" | tee -a "$summary"
+  else
+    echo "FAIL  $name ($((SECONDS - t0)) s): see $name.log" | tee -a "$summary"
+    tail -40 "$OUT/$name.log"
+    status=1
+  fi
+}
+{ echo "subq gpu check — $(date -u +%Y-%m-%dT%H:%M:%SZ) — commit $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'; } | tee -a "$summary"
+step setup env SUBQ_SKIP_APT=1 scripts/setup.sh
+step build env SUBQ_NO_SETUP=1 SUBQ_BUILD_DIR="$BUILD" SUBQ_CMAKE_ARGS="-DSUBQ_CUDA=ON -DSUBQ_CUDA_ARCHS=90a ${SUBQ_CMAKE_ARGS:-}" scripts/build.sh
+if [ -x "$BUILD/apps/subq" ]; then
+  step version "$BUILD/apps/subq" version
+  cat "$OUT/version.log" >> "$summary"
+  step tests ctest --test-dir "$BUILD" -L "cpu|gpu" --output-on-failure -j 8
+  grep -E "tests passed|tests failed" "$OUT/tests.log" | tee -a "$summary"
+  if [ -x scripts/gpu_smoke.sh ]; then
+    step smoke env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_smoke.sh
+    tail -5 "$OUT/smoke.log" >> "$summary"
+  fi
+fi
+echo "status: $([ $status = 0 ] && echo PASS || echo FAIL)" | tee -a "$summary"
+exit $status
