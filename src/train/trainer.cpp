@@ -62,6 +62,12 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
+std::string sci(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2e", v);
+  return buf;
+}
+
 nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
 }  // namespace
@@ -166,8 +172,9 @@ TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& 
   };
 
   MetricsWriter metrics(run_dir.metrics_path());
-  Progress progress("train", total, "steps");
-  progress.set(step);
+  // counts the steps of this launch (so its rate and ETA are right after a resume)
+  Progress progress(step > 0 ? str("train (resumed at step ", step, ")") : std::string("train"),
+                    std::max<int64_t>(total - step, 0), "steps");
   double iv_loss = 0, iv_time = 0, iv_data = 0;
   int64_t iv_steps = 0, iv_tokens = 0;
   double last_tok_s = 0;
@@ -257,11 +264,11 @@ TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& 
       rec["data_s"] = iv_data;
       metrics.write(rec);
       log::debug(rec.dump());
-      progress.set_postfix(str("loss ", fixed(loss_avg, 4), " | lr ", lr, " | ", human_count(last_tok_s), " tok/s"));
+      progress.set_postfix(str("loss ", fixed(loss_avg, 4), " | lr ", sci(lr), " | ", human_count(last_tok_s), " tok/s"));
       iv_loss = iv_time = iv_data = 0;
       iv_steps = iv_tokens = 0;
     }
-    progress.set(s);
+    progress.advance(1);
 
     const bool stop = stop_requested() || (hooks.should_stop && hooks.should_stop(s));
     if (data.val && ((cfg.eval.every > 0 && s % cfg.eval.every == 0) || s == total)) {

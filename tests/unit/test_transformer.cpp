@@ -12,6 +12,7 @@
 #include <set>
 
 #include <nlohmann/json.hpp>
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "subq/core/device.h"
