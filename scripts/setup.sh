@@ -20,10 +20,12 @@ say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages (Debian 12 / Ubuntu 24.04 names) ------------------------------------------------
-APT_PKGS=(build-essential cmake ninja-build ccache git pkg-config
+APT_PKGS=(build-essential cmake ninja-build git pkg-config
           libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev)
 # Catch2: Debian 12 packages v2 as "catch2"; Ubuntu 24.04 packages v3 as "catch2" too.
 APT_PKGS+=(catch2)
+# Optional: speeds up rebuilds; installed where apt works, never required.
+OPT_PKGS=(ccache)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -42,7 +44,6 @@ if ((${#missing[@]})); then
       build-essential|pkg-config|git|libfmt-dev) command -v g++ >/dev/null || really_missing+=("$p");;
       cmake)             command -v cmake >/dev/null || really_missing+=("$p");;
       ninja-build)       command -v ninja >/dev/null || really_missing+=("$p");;
-      ccache)            command -v ccache >/dev/null || really_missing+=("$p");;
       *)                 really_missing+=("$p");;
     esac
   done
@@ -60,6 +61,14 @@ if ((${#missing[@]})); then
     || die "apt-get install failed for: ${missing[*]}"
 else
   say "system packages: present"
+fi
+if [ "${SUBQ_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
+  for p in "${OPT_PKGS[@]}"; do
+    command -v "$p" >/dev/null && continue
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 \
+      && say "installed optional $p" || say "optional $p not installed (builds work without it)"
+  done
 fi
 
 # --- LibTorch through the torch wheel ------------------------------------------------------------------
