@@ -6,9 +6,11 @@
 //   per log step  {"step","loss","lr","grad_norm","tokens","tokens_per_s","mfu","mem_gib","elapsed_s","data_s"}
 //   per eval      {"step","eval_loss","eval_ppl","eval_bpb"}
 // The reader tolerates a partially written last line (a run being written, or killed mid-write) and
-// skips (and counts) any other line that is not a JSON object. When a resumed run logs a step at or
-// before one already seen, the records at and after that step are dropped and the new ones kept: the
-// report shows the history the surviving checkpoint actually continued. Missing or non-numeric values
+// skips (and counts) any other line that is not a JSON object. The trainer itself moves the lines past
+// the checkpoint it resumes from to metrics.superseded.jsonl; for files that were not cleaned that way
+// (copied, concatenated, written by an older build), when a step at or before one already seen
+// appears, the records at and after that step are dropped and the new ones kept, so the report shows
+// the history the surviving checkpoint actually continued. Missing or non-numeric values
 // (null for a skipped non-finite step) become gaps in the charts.
 #pragma once
 
