@@ -203,11 +203,13 @@ EncodeState& state() {
   return s;
 }
 
+std::atomic<size_t> g_scan_limit{48};
+
 // BPE over the symbols in `sym` (initial byte ids), in place.
 void bpe_merge(const MergeTable& mt, std::vector<int32_t>& sym, std::vector<int32_t>& ranks) {
   size_t n = sym.size();
   if (n < 2) return;
-  if (n <= 48) {
+  if (n <= g_scan_limit.load(std::memory_order_relaxed)) {
     ranks.resize(n);
     int32_t r = 0, m = 0;
     for (size_t i = 0; i + 1 < n; ++i) ranks[i] = mt.find(sym[i], sym[i + 1], r, m) ? r : INT_MAX;
@@ -350,6 +352,8 @@ size_t trailing_space_start(std::string_view t, size_t pos) {
 }
 
 }  // namespace
+
+void set_bpe_scan_limit(size_t n) { g_scan_limit.store(n); }
 
 // Splits `text` at the added tokens whose `normalized` flag equals `normalized_set`, as HF's
 // AddedVocabulary::find_matches; calls on_text(segment) and on_token(id) in order.
