@@ -904,10 +904,11 @@ nlohmann::json prepare_code(const PrepareOptions& opts) {
   }
   fsx::fsync_dir(out.has_parent_path() ? out.parent_path().string() : ".");
 
+  auto shards_word = [](size_t n) { return str(n, n == 1 ? " shard" : " shards"); };
   log::info(str("prepared ", out.string(), " in ", Progress::format_duration(total), ": train ", stats[0].files, " files, ",
-                human_bytes(stats[0].bytes), ", ", stats[0].tokens, " tokens (", stats[0].shards.size(), " shards); val ",
-                stats[1].files, " files, ", human_bytes(stats[1].bytes), ", ", stats[1].tokens, " tokens (",
-                stats[1].shards.size(), " shards); ",
+                human_bytes(stats[0].bytes), ", ", stats[0].tokens, " tokens (", shards_word(stats[0].shards.size()),
+                "); val ", stats[1].files, " files, ", human_bytes(stats[1].bytes), ", ", stats[1].tokens, " tokens (",
+                shards_word(stats[1].shards.size()), "); ",
                 all_tokens ? str(static_cast<double>(all_bytes) / static_cast<double>(all_tokens)) : std::string("-"),
                 " bytes/token"));
   return m;

@@ -299,6 +299,20 @@ void TokenWindowLoader::restore(const nlohmann::json& s) {
 
 // ---------------------------------------------------------------------------------------------- eval
 
+EvalOptions EvalOptions::from_config(const DataConfig& data, const train::EvalConfig& eval, int64_t rank,
+                                     int64_t world, torch::Device device, std::vector<int32_t> token_bytes) {
+  EvalOptions o;
+  o.shards = data.val;
+  o.seq_len = data.seq_len;
+  o.batch_size = eval.batch_size;
+  o.max_batches = eval.batches;
+  o.rank = rank;
+  o.world = world;
+  o.device = device;
+  o.token_bytes = std::move(token_bytes);
+  return o;
+}
+
 EvalWindows::EvalWindows(EvalOptions opts) : opts_(std::move(opts)) {
   if (opts_.seq_len < 1) throw ConfigError(str("data.seq_len must be >= 1, got ", opts_.seq_len));
   if (opts_.batch_size < 1) throw ConfigError(str("eval batch size must be >= 1, got ", opts_.batch_size));

@@ -260,6 +260,24 @@ TEST_CASE("an error in the prefetch thread reaches the consumer", "[loader]") {
   }
 }
 
+TEST_CASE("options come from the data: and eval: sections", "[loader]") {
+  DataConfig d;
+  d.train = "a/train";
+  d.val = "a/val";
+  d.seq_len = 128;
+  d.prefetch = 2;
+  d.shuffle = false;
+  auto lo = LoaderOptions::from_config(d, 12, 5, 1, 4, torch::kCPU);
+  CHECK((lo.shards == "a/train" && lo.seq_len == 128 && lo.batch_size == 12 && lo.seed == 5 && lo.rank == 1 &&
+         lo.world == 4 && lo.prefetch == 2 && !lo.shuffle));
+  subq::train::EvalConfig e;
+  e.batch_size = 3;
+  e.batches = 7;
+  auto eo = EvalOptions::from_config(d, e, 0, 1, torch::kCPU, {1, 2});
+  CHECK((eo.shards == "a/val" && eo.seq_len == 128 && eo.batch_size == 3 && eo.max_batches == 7 &&
+         eo.token_bytes.size() == 2));
+}
+
 TEST_CASE("too little data is refused with a hint", "[loader]") {
   Corpus c("small", 10, 100);
   try {

@@ -55,6 +55,7 @@
 #include "subq/data/data_config.h"
 #include "subq/data/shards.h"
 #include "subq/data/tokenizer.h"
+#include "subq/train/train_config.h"
 
 namespace subq::data {
 
@@ -129,6 +130,10 @@ struct EvalOptions {
   torch::Device device = torch::kCPU;
   std::vector<int32_t> token_bytes;  // UTF-8 bytes per token id; empty = target_bytes stays -1
   std::optional<int32_t> eos_id;     // default: the shards' header
+
+  // From data.val, data.seq_len and the eval: section (batch_size, batches).
+  static EvalOptions from_config(const DataConfig& data, const train::EvalConfig& eval, int64_t rank, int64_t world,
+                                 torch::Device device, std::vector<int32_t> token_bytes);
 };
 
 class EvalWindows {
