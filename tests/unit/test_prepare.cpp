@@ -3,6 +3,7 @@
 // reached twice), and whole runs on a small generated tree: skipped files reported in the manifest,
 // byte-identical output for 1 and 3 threads, documents that decode back to their files separated by
 // eos, refusal to overwrite without force, and replacement with force.
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -294,6 +295,30 @@ TEST_CASE("prepare refuses a non-empty output unless forced, and replaces it who
   bad.inputs = {t / "out"};
   CHECK_THROWS_AS(prepare_code(bad), subq::UsageError);
   CHECK(slurp(t.root / "out" / "manifest.json") == now);
+  // a temporary left by a killed run (its pid no longer lives) is removed by the next run
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);
+  const fs::path stale = t.root / ("out.tmp-" + std::to_string(child) + "-12");
+  fs::create_directories(stale / "train");
+  prepare_code(o);
+  CHECK_FALSE(fs::exists(stale));
+  // a tokenizer without an end-of-text token: refused, and the half-built output is removed
+  BpeTrainOptions bo;
+  bo.vocab_size = 270;
+  bo.special_tokens = {};
+  bo.show_progress = false;
+  const std::string no_eos = (t.root / "no-eos.json").string();
+  train_bpe_texts({py_source(1), py_source(2)}, bo).save(no_eos);
+  PrepareOptions ne = base_opts(t, t / "out-noeos");
+  ne.tokenizer = no_eos;
+  try {
+    prepare_code(ne);
+    FAIL("a tokenizer without eos was accepted");
+  } catch (const subq::InputError& e) {
+    CHECK(std::string(e.what()).find("no end-of-text token") != std::string::npos);
+  }
+  for (const auto& e : fs::directory_iterator(t.root)) CHECK(e.path().filename().string().rfind("out-noeos", 0) != 0);
   // nothing usable
   PrepareOptions none = base_opts(t, t / "out-none");
   none.inputs = {t / "pkg/blob.py"};
