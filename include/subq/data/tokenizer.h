@@ -29,11 +29,20 @@ class Tokenizer {
   static Tokenizer from_gpt2_files(const std::string& encoder_json, const std::string& vocab_bpe);
 
   // Encodes text; added/special tokens written literally in `text` become their ids when
-  // `allow_special` (HF's default behaviour), else they are encoded as ordinary text.
+  // `allow_special` (HF's default behaviour), else they are encoded as ordinary text. Thread-safe.
+  // Never adds template tokens (BOS/EOS of a post-processor): HF's add_special_tokens=False. Bytes that
+  // are not valid UTF-8 are kept and encoded as their byte tokens (HF accepts only valid strings).
   std::vector<int32_t> encode(std::string_view text, bool allow_special = true) const;
   std::string decode(const int32_t* ids, size_t n, bool skip_special = false) const;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const {
     return decode(ids.data(), ids.size(), skip_special);
+  }
+  // The raw bytes the ids stand for, without replacing invalid UTF-8 (decode() replaces each maximal
+  // invalid sequence by U+FFFD, as HF does). decode_bytes(encode(s, false)) == s for any bytes s when the
+  // tokenizer has no normaliser (or s is already NFC).
+  std::string decode_bytes(const int32_t* ids, size_t n, bool skip_special = false) const;
+  std::string decode_bytes(const std::vector<int32_t>& ids, bool skip_special = false) const {
+    return decode_bytes(ids.data(), ids.size(), skip_special);
   }
 
   // Largest id + 1, added tokens included.
@@ -51,17 +60,23 @@ class Tokenizer {
   void save(const std::string& path) const;
 
   struct Impl;
+  // Internal (subq_text): wraps a finished Impl; used by the loaders and by train_bpe.
+  static Tokenizer from_impl(std::shared_ptr<const Impl> impl);
 
  private:
   explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<const Impl> impl_;
 };
 
+// A tokenizer from `path`: a tokenizer.json file, or a directory holding tokenizer.json or GPT-2's
+// encoder.json + vocab.bpe. InputError saying what was looked for otherwise.
+Tokenizer load_tokenizer(const std::string& path);
+
 struct BpeTrainOptions {
   int64_t vocab_size = 8192;          // including the 256 byte tokens and the special tokens
   int64_t min_frequency = 2;          // merges need a pair seen at least this often
   std::vector<std::string> special_tokens{"<|endoftext|>"};
-  std::string pre_tokenizer = "gpt2";  // "gpt2" or "qwen2" (the Qwen2/Llama-3 regex)
+  std::string pre_tokenizer = "gpt2";  // "gpt2", "qwen2" (Qwen2 regex + NFC) or "llama3" (\p{N}{1,3} + NFC)
   int64_t threads = 0;                // 0 = all cores
   bool show_progress = true;
 };
