@@ -16,6 +16,8 @@ struct Batch {
                             // (after a separator, or t == 0): models that reset state per document
                             // reset there; position_ids restart there too
   torch::Tensor position_ids;  // [B, T] int64: position inside the current document
+  int64_t target_bytes = -1;   // UTF-8 bytes the targets decode to (eval batches, for bits per byte);
+                               // -1 when not computed
   int64_t tokens() const { return inputs.numel(); }
 };
 
@@ -27,9 +29,6 @@ class BatchSource {
   // Where the source is, as JSON that restore() accepts (saved in checkpoints).
   virtual nlohmann::json state() const = 0;
   virtual void restore(const nlohmann::json& state) = 0;
-  // Batches in one pass over the source's data (from a fresh or restored-to-start source), or 0 when the
-  // source cannot tell (endless generators). `subq eval` with eval.batches = 0 evaluates this many.
-  virtual int64_t epoch_batches() const { return 0; }
 };
 
 }  // namespace subq::data
