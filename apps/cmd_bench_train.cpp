@@ -9,8 +9,8 @@
 #include "subq/core/fs.h"
 #include "subq/core/log.h"
 #include "subq/core/run_config.h"
-#include "subq/data/tokenizer.h"
 #include "subq/train/bench_train.h"
+#include "subq/train/lm_data.h"
 
 namespace subq::cli {
 
@@ -31,14 +31,14 @@ void add_bench_train_command(CLI::App& app, Context& ctx) {
   cmd->callback([&ctx] {
     ctx.action = [&ctx] {
       RunConfig cfg = load_run_config(o.config, o.sets);
+      // vocab_size 0: the tokenizer's vocabulary rounded as `subq train` rounds it (train::resolve_vocab_size).
+      // An explicit vocab_size needs no tokenizer, so a model can be benchmarked before any data exists.
       if (cfg.model.vocab_size == 0) {
-        std::error_code ec;
-        if (cfg.data.tokenizer.empty() || !std::filesystem::exists(cfg.data.tokenizer, ec))
-          throw ConfigError(str("model.vocab_size = 0 means \"take it from data.tokenizer\", but ",
-                                cfg.data.tokenizer.empty() ? std::string("data.tokenizer is empty")
-                                                           : cfg.data.tokenizer + " does not exist",
-                                "; --set model.vocab_size=N (e.g. 32768) to benchmark without a tokenizer"));
-        cfg.model.vocab_size = data::Tokenizer::from_file(cfg.data.tokenizer).vocab_size();
+        try {
+          train::resolve_vocab_size(cfg);
+        } catch (const Error& e) {
+          throw ConfigError(str(e.what(), " (or --set model.vocab_size=N to benchmark without a tokenizer)"));
+        }
       }
       train::BenchTrainOptions bo;
       bo.steps = o.steps;

@@ -39,7 +39,7 @@ void add_export_command(CLI::App& app, Context& ctx) {
       std::optional<data::Tokenizer> tok;
       if (!o.no_tokenizer) {
         std::string path;
-        tok = eval::load_run_tokenizer(loaded.config, run_dir, o.tokenizer, &path);
+        tok = eval::tokenizer_of_run(loaded.config, run_dir, o.tokenizer, &path);
         eo.tokenizer_json_path = path;
       }
       auto files = models::export_hf(*loaded.model, tok ? &*tok : nullptr, eo);

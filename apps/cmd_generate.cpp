@@ -70,7 +70,7 @@ void add_generate_command(CLI::App& app, Context& ctx) {
       auto loaded = train::load_model(o.checkpoint.empty() ? o.run : o.checkpoint);
       const std::string run_dir = o.run.empty() ? eval::run_dir_of_checkpoint(loaded.checkpoint.path) : o.run;
       std::string tok_path;
-      data::Tokenizer tok = eval::load_run_tokenizer(loaded.config, run_dir, o.tokenizer, &tok_path);
+      data::Tokenizer tok = eval::tokenizer_of_run(loaded.config, run_dir, o.tokenizer, &tok_path);
 
       const torch::Device device = resolve_device(o.device.empty() ? loaded.config.run.device : o.device);
       loaded.model->to(device);

@@ -55,7 +55,7 @@ std::string run_dir_of_checkpoint(const std::string& checkpoint_dir) {
   return "";
 }
 
-data::Tokenizer load_run_tokenizer(const RunConfig& cfg, const std::string& run_dir, const std::string& override_path,
+data::Tokenizer tokenizer_of_run(const RunConfig& cfg, const std::string& run_dir, const std::string& override_path,
                                    std::string* resolved_path) {
   std::string path;
   if (!override_path.empty()) {

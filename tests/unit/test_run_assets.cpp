@@ -44,13 +44,13 @@ TEST_CASE("a run's relative paths resolve against its recorded launch directorie
   subq::RunConfig cfg;
   cfg.data.tokenizer = "data/tok.json";
   std::string used;
-  auto loaded = subq::eval::load_run_tokenizer(cfg, run, "", &used);
+  auto loaded = subq::eval::tokenizer_of_run(cfg, run, "", &used);
   CHECK(used == (t.p / "launch/data/tok.json").string());
   CHECK(loaded.vocab_size() == tok.vocab_size());
 
   cfg.data.tokenizer = "data/nope.json";
   try {
-    subq::eval::load_run_tokenizer(cfg, run, "");
+    subq::eval::tokenizer_of_run(cfg, run, "");
     FAIL("no error");
   } catch (const subq::InputError& e) {
     std::string w = e.what();
@@ -58,9 +58,9 @@ TEST_CASE("a run's relative paths resolve against its recorded launch directorie
     CHECK(w.find("--tokenizer") != std::string::npos);
     CHECK(w.find((t.p / "launch").string()) != std::string::npos);  // says where it looked
   }
-  CHECK_THROWS_AS(subq::eval::load_run_tokenizer(cfg, run, (t.p / "x.json").string()), subq::InputError);
+  CHECK_THROWS_AS(subq::eval::tokenizer_of_run(cfg, run, (t.p / "x.json").string()), subq::InputError);
   // --tokenizer wins over the config.
-  CHECK(subq::eval::load_run_tokenizer(cfg, run, (t.p / "launch/data/tok.json").string()).vocab_size() ==
+  CHECK(subq::eval::tokenizer_of_run(cfg, run, (t.p / "launch/data/tok.json").string()).vocab_size() ==
         tok.vocab_size());
 
   CHECK(fs::path(subq::eval::run_dir_of_checkpoint((t.p / "runs/r1/checkpoints/step-10/").string())) ==

@@ -26,7 +26,7 @@ std::string run_dir_of_checkpoint(const std::string& checkpoint_dir);
 
 // The tokenizer of a run: `override_path` when non-empty, else cfg.data.tokenizer resolved as above.
 // InputError naming the places tried and the fix (--tokenizer) when it cannot be found.
-data::Tokenizer load_run_tokenizer(const RunConfig& cfg, const std::string& run_dir, const std::string& override_path,
+data::Tokenizer tokenizer_of_run(const RunConfig& cfg, const std::string& run_dir, const std::string& override_path,
                                    std::string* resolved_path = nullptr);
 
 // Ids in [0, limit) the tokenizer cannot decode (holes in its id range), for GenerateOptions::suppress_tokens.
