@@ -1,10 +1,11 @@
-// cmd_version.cpp — `subq version`: commit, build, LibTorch/CUDA/NCCL versions, GPUs seen, and whether a
-// subq kernel launches on each GPU.
+// cmd_version.cpp — `subq version`: commit, build, LibTorch/CUDA/NCCL versions, registered model
+// architectures, GPUs seen, and whether a subq kernel launches on each GPU.
 #include <cstdio>
 
 #include "apps/cli.h"
 #include "subq/core/build_info.h"
 #include "subq/core/device.h"
+#include "subq/models/model.h"
 
 namespace subq::cli {
 
@@ -21,6 +22,9 @@ void add_version_command(CLI::App& app, Context& ctx) {
       j["commit"] = build_commit();
       j["build_type"] = build_type();
       j["compiler"] = build_compiler();
+      nlohmann::json models = nlohmann::json::array();
+      for (const auto& m : models::model_registry()) models.push_back({{"name", m.name}, {"description", m.description}});
+      j["models"] = models;
       if (json) {
         std::printf("%s\n", j.dump(2).c_str());
         return 0;
@@ -33,6 +37,9 @@ void add_version_command(CLI::App& app, Context& ctx) {
       else
         std::printf("cuda: not built (no nvcc at configure time)\n");
       std::printf("nccl %s\n", j.value("nccl", std::string("unavailable")).c_str());
+      std::printf("models:");
+      for (const auto& m : j["models"]) std::printf(" %s", m["name"].get<std::string>().c_str());
+      std::printf("\n");
       const auto& gpus = j["gpus"];
       std::printf("gpus seen: %zu\n", gpus.size());
       for (const auto& g : gpus)

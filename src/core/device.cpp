@@ -1,6 +1,7 @@
 // device.cpp — see device.h. CUDA runtime and NCCL queries are compiled in only when CUDA is built.
 #include "subq/core/device.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
 
@@ -37,6 +38,23 @@ torch::ScalarType resolve_dtype(const std::string& spec, const torch::Device& de
   if (spec == "bf16") return torch::kBFloat16;
   if (spec == "auto") return dev.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
   throw InputError(str("run.dtype = ", spec, ": use auto, fp32 or bf16"));
+}
+
+AutocastGuard::AutocastGuard(const torch::Device& device, torch::ScalarType compute) : type_(device.type()) {
+  if (compute == torch::kFloat32) return;
+  active_ = true;
+  prev_enabled_ = at::autocast::is_autocast_enabled(type_);
+  prev_dtype_ = at::autocast::get_autocast_dtype(type_);
+  at::autocast::set_autocast_enabled(type_, true);
+  at::autocast::set_autocast_dtype(type_, compute);
+  at::autocast::increment_nesting();
+}
+
+AutocastGuard::~AutocastGuard() {
+  if (!active_) return;
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(type_, prev_enabled_);
+  at::autocast::set_autocast_dtype(type_, prev_dtype_);
 }
 
 nlohmann::json machine_info(bool probe_kernels) {

@@ -1,0 +1,69 @@
+// trainer.h — the training loop: model from the registry, AdamW + schedule, gradient accumulation,
+// clipping, NaN policy, periodic eval and checkpoints, metrics, exact resume.
+//
+// train() owns the whole run: it seeds every generator from run.seed, builds the model (models::
+// create_model(cfg.model), vocab_size already resolved by the caller), moves it to run.device in fp32
+// (master weights) and runs the compute under bf16 autocast when run.dtype resolves to bf16 (the default
+// on CUDA; fp32 on CPU). If the run directory holds a complete checkpoint and run.resume = auto, it
+// continues from the newest one: weights, optimizer state, step, tokens, data cursor and RNG states, so
+// that an interrupted run and an uninterrupted one produce bitwise-identical losses on the same machine
+// (tested on CPU in fp32). run.resume = never refuses to start when checkpoints exist.
+//
+// One optimizer step = train.grad_accum micro-batches from the train source, each loss divided by
+// grad_accum before backward (each micro-batch's loss is its mean over its targets). Eval restarts the
+// val source from where it stood when train() began, so every eval scores the same batches.
+//
+// Example:
+//   subq::train::TrainData data{&train_loader, &val_loader, token_bytes};
+//   auto result = subq::train::train(cfg, run_dir, data);
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include "subq/core/run_config.h"
+#include "subq/core/run_dir.h"
+#include "subq/data/batch.h"
+#include "subq/eval/lm_eval.h"
+
+namespace subq::train {
+
+struct TrainData {
+  data::BatchSource* train = nullptr;  // required; batches of train.batch_size x data.seq_len
+  data::BatchSource* val = nullptr;    // optional: no eval without it
+  torch::Tensor token_bytes;           // optional [V] int64 UTF-8 bytes per token id, for eval bits per byte
+};
+
+struct TrainHooks {
+  // After each completed step: true stops the run there (after a checkpoint), as a signal would.
+  std::function<bool(int64_t step)> should_stop;
+  // Every step's record ({"step", "loss", "lr", "grad_norm", "skipped"}), log step or not.
+  std::function<void(const nlohmann::json&)> on_step;
+};
+
+struct TrainResult {
+  int64_t start_step = 0;  // 0 for a fresh run, else the checkpoint step resumed from
+  int64_t step = 0;        // last completed step
+  int64_t tokens = 0;      // tokens trained on, resumed history included
+  bool finished = false;   // reached train.steps (false when stopped early)
+  std::vector<double> losses;  // loss of every step run by this call (NaN for a skipped step)
+  std::optional<eval::LmEvalResult> last_eval;
+  std::string last_checkpoint;
+  int64_t skipped_steps = 0;  // non-finite steps skipped in this call
+  int64_t num_params = 0;
+};
+
+TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& data, const TrainHooks& hooks = {});
+
+// Asks a running train() to checkpoint and return at the end of the current step (async-signal-safe:
+// apps call it from SIGINT/SIGTERM handlers). train() clears the request when it starts.
+void request_stop();
+bool stop_requested();
+
+}  // namespace subq::train
