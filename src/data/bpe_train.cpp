@@ -104,7 +104,10 @@ WordCounts count_words(size_t n, const Pretok& pt, int64_t threads, bool show_pr
   for (auto& th : pool) th.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
-  if (progress) progress->finish();
+  if (progress) {
+    progress->set((total_bytes + (1 << 20) - 1) >> 20);
+    progress->finish();
+  }
   for (size_t t = 1; t < nt; ++t) {
     for (auto& [w, c] : local[t]) local[0][w] += c;
     WordCounts().swap(local[t]);

@@ -8,9 +8,10 @@
 //   3. ByteLevel's add_prefix_space, then the regex pre-tokenizer cuts pieces (tokenizer_pretokenize.cpp);
 //   4. each piece's bytes are merged by BPE (lowest merge rank first, leftmost on ties — the order of HF's
 //      priority queue), or taken whole when ignore_merges and the piece is a vocabulary token.
-// Pieces of up to 64 bytes are cached per thread (a flat open-addressing table, cleared when half full):
-// source code repeats its words, so most pieces skip BPE. The cache is thread_local and keyed by the
-// tokenizer's serial number, so encode() is safe to call from many threads on one Tokenizer.
+// Pieces of up to 64 bytes are cached per thread (a flat open-addressing table of 128k slots, ~3 MB,
+// cleared when half full): source code repeats its words, so most pieces skip BPE. Caches are
+// thread_local and keyed by the tokenizer's serial number (the last 4 tokenizers a thread used keep
+// theirs), so encode() is safe to call from many threads on one Tokenizer without locks.
 // BPE uses a rank array and linear scans for short words (cheap, cache-friendly) and a binary heap over
 // a linked list for long ones (a 10,000-character run of spaces must not be quadratic).
 // Decoding is HF's ByteLevel decoder: each token's characters map back to bytes (a token containing a
@@ -115,6 +116,7 @@ uint64_t hash_bytes(std::string_view s) {
 class WordCache {
  public:
   static constexpr size_t kMaxKey = 64;
+  uint64_t owner() const { return owner_; }
   void reset(uint64_t owner) {
     if (owner_ == owner) return;
     owner_ = owner;
@@ -175,7 +177,23 @@ class WordCache {
 struct EncodeState {
   PretokScratch scratch;
   std::vector<std::pair<uint32_t, uint32_t>> pieces;
-  WordCache cache;
+  // caches of the last few tokenizers used on this thread (least recently used one is recycled), so
+  // alternating between two tokenizers does not clear a cache on every call
+  static constexpr int kCaches = 4;
+  WordCache caches[kCaches];
+  uint64_t last_use[kCaches] = {};
+  uint64_t clock = 0;
+  WordCache* cache = nullptr;
+  void select_cache(uint64_t serial) {
+    int pick = 0;
+    for (int i = 0; i < kCaches; ++i) {
+      if (caches[i].owner() == serial) { pick = i; break; }
+      if (last_use[i] < last_use[pick]) pick = i;
+    }
+    caches[pick].reset(serial);
+    last_use[pick] = ++clock;
+    cache = &caches[pick];
+  }
   std::vector<int32_t> sym, ranks, word;
   std::string normalized, prefixed;
 };
@@ -185,11 +203,13 @@ EncodeState& state() {
   return s;
 }
 
+std::atomic<size_t> g_scan_limit{48};
+
 // BPE over the symbols in `sym` (initial byte ids), in place.
 void bpe_merge(const MergeTable& mt, std::vector<int32_t>& sym, std::vector<int32_t>& ranks) {
   size_t n = sym.size();
   if (n < 2) return;
-  if (n <= 48) {
+  if (n <= g_scan_limit.load(std::memory_order_relaxed)) {
     ranks.resize(n);
     int32_t r = 0, m = 0;
     for (size_t i = 0; i + 1 < n; ++i) ranks[i] = mt.find(sym[i], sym[i + 1], r, m) ? r : INT_MAX;
@@ -253,7 +273,7 @@ void encode_word(const Tokenizer::Impl& im, std::string_view w, std::vector<int3
   if (cacheable) {
     h = hash_bytes(w);
     uint32_t n;
-    if (const int32_t* ids = st.cache.find(w, h, n)) {
+    if (const int32_t* ids = st.cache->find(w, h, n)) {
       out.insert(out.end(), ids, ids + n);
       return;
     }
@@ -262,7 +282,7 @@ void encode_word(const Tokenizer::Impl& im, std::string_view w, std::vector<int3
     auto it = im.model_bytes.find(std::string(w));
     if (it != im.model_bytes.end()) {
       out.push_back(it->second);
-      if (cacheable) st.cache.insert(w, h, &it->second, 1);
+      if (cacheable) st.cache->insert(w, h, &it->second, 1);
       return;
     }
   }
@@ -270,7 +290,7 @@ void encode_word(const Tokenizer::Impl& im, std::string_view w, std::vector<int3
   for (size_t i = 0; i < w.size(); ++i) st.sym[i] = im.byte_id[static_cast<unsigned char>(w[i])];
   bpe_merge(im.merge_table, st.sym, st.ranks);
   out.insert(out.end(), st.sym.begin(), st.sym.end());
-  if (cacheable) st.cache.insert(w, h, st.sym.data(), st.sym.size());
+  if (cacheable) st.cache->insert(w, h, st.sym.data(), st.sym.size());
 }
 
 // Pre-tokenizes and BPE-encodes one normalised segment that holds no added token.
@@ -333,6 +353,8 @@ size_t trailing_space_start(std::string_view t, size_t pos) {
 
 }  // namespace
 
+void set_bpe_scan_limit(size_t n) { g_scan_limit.store(n); }
+
 // Splits `text` at the added tokens whose `normalized` flag equals `normalized_set`, as HF's
 // AddedVocabulary::find_matches; calls on_text(segment) and on_token(id) in order.
 template <typename OnText, typename OnToken>
@@ -376,7 +398,7 @@ using detail::EncodeState;
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool allow_special) const {
   const Impl& im = *impl_;
   EncodeState& st = detail::state();
-  st.cache.reset(im.serial);
+  st.select_cache(im.serial);
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 8);
   auto normalized_segment = [&](std::string_view seg) {

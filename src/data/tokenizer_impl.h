@@ -35,6 +35,10 @@ int char_to_byte(uint32_t cp);
 std::string bytes_to_token_string(std::string_view bytes);
 std::optional<std::string> token_string_to_bytes(std::string_view token);
 
+// Words of up to this many bytes are merged by linear scans, longer ones with a heap (default 48).
+// For tests, which compare the two paths; not thread-safe against concurrent encoding.
+void set_bpe_scan_limit(size_t n);
+
 struct AddedToken {
   int32_t id = 0;
   std::string content;

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <sstream>
 
 #include "data/tokenizer_impl.h"
@@ -27,7 +28,6 @@
 namespace subq::data {
 
 using json = nlohmann::json;
-using ojson = nlohmann::ordered_json;
 
 namespace {
 
@@ -285,72 +285,79 @@ Tokenizer Tokenizer::from_gpt2_files(const std::string& encoder_json, const std:
 }
 
 std::string Tokenizer::to_json() const {
+  // Written by hand rather than through nlohmann::ordered_json, whose ordered map makes inserting
+  // 150k vocabulary entries quadratic; strings are escaped by nlohmann.
   const Impl& im = *impl_;
-  ojson j;
-  j["version"] = "1.0";
-  j["truncation"] = nullptr;
-  j["padding"] = nullptr;
-  ojson added = ojson::array();
+  auto q = [](const std::string& s) { return json(s).dump(-1, ' ', false, json::error_handler_t::replace); };
+  auto b = [](bool v) { return v ? "true" : "false"; };
+  std::string o;
+  o.reserve(im.tokens.size() * 40 + 4096);
+  o += "{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n  \"added_tokens\": [";
   std::vector<const detail::AddedToken*> sorted;
   for (const auto& t : im.added) sorted.push_back(&t);
-  std::stable_sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->id < b->id; });
-  for (const auto* t : sorted) {
-    ojson a;
-    a["id"] = t->id;
-    a["content"] = t->content;
-    a["single_word"] = t->single_word;
-    a["lstrip"] = t->lstrip;
-    a["rstrip"] = t->rstrip;
-    a["normalized"] = t->normalized;
-    a["special"] = t->special;
-    added.push_back(std::move(a));
+  std::stable_sort(sorted.begin(), sorted.end(), [](auto* x, auto* y) { return x->id < y->id; });
+  for (size_t k = 0; k < sorted.size(); ++k) {
+    const auto* t = sorted[k];
+    o += str(k ? "," : "", "\n    {\"id\": ", t->id, ", \"content\": ", q(t->content), ", \"single_word\": ",
+             b(t->single_word), ", \"lstrip\": ", b(t->lstrip), ", \"rstrip\": ", b(t->rstrip),
+             ", \"normalized\": ", b(t->normalized), ", \"special\": ", b(t->special), "}");
   }
-  j["added_tokens"] = std::move(added);
-  j["normalizer"] = im.nfc ? ojson{{"type", "NFC"}} : ojson(nullptr);
-  auto byte_level = [](bool aps, bool use_regex) {
-    ojson b;
-    b["type"] = "ByteLevel";
-    b["add_prefix_space"] = aps;
-    b["trim_offsets"] = false;
-    b["use_regex"] = use_regex;
-    return b;
+  o += sorted.empty() ? "],\n" : "\n  ],\n";
+  o += str("  \"normalizer\": ", im.nfc ? "{\"type\": \"NFC\"}" : "null", ",\n");
+  auto byte_level = [&](bool aps, bool use_regex) {
+    return str("{\"type\": \"ByteLevel\", \"add_prefix_space\": ", b(aps), ", \"trim_offsets\": false, \"use_regex\": ",
+               b(use_regex), "}");
   };
   if (im.pretok.regex && (im.pretok.split_form || *im.pretok.regex != detail::RegexKind::gpt2)) {
-    ojson split;
-    split["type"] = "Split";
-    split["pattern"] = ojson{{"Regex", detail::regex_pattern(*im.pretok.regex)}};
-    split["behavior"] = "Isolated";
-    split["invert"] = false;
-    ojson seq;
-    seq["type"] = "Sequence";
-    seq["pretokenizers"] = ojson::array({split, byte_level(false, false)});
-    j["pre_tokenizer"] = std::move(seq);
+    o += str("  \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [\n    {\"type\": \"Split\", \"pattern\": ",
+             "{\"Regex\": ", q(detail::regex_pattern(*im.pretok.regex)), "}, \"behavior\": \"Isolated\", \"invert\": false},\n    ",
+             byte_level(false, false), "\n  ]},\n");
   } else {
-    j["pre_tokenizer"] = byte_level(im.pretok.add_prefix_space, im.pretok.regex.has_value());
+    o += str("  \"pre_tokenizer\": ", byte_level(im.pretok.add_prefix_space, im.pretok.regex.has_value()), ",\n");
   }
-  j["post_processor"] = ojson::parse(im.post_processor_json);
-  j["decoder"] = byte_level(false, false);
-  ojson m;
-  m["type"] = "BPE";
-  m["dropout"] = nullptr;
-  m["unk_token"] = nullptr;
-  m["continuing_subword_prefix"] = nullptr;
-  m["end_of_word_suffix"] = nullptr;
-  m["fuse_unk"] = false;
-  m["byte_fallback"] = false;
-  m["ignore_merges"] = im.ignore_merges;
-  ojson vocab = ojson::object();
+  o += str("  \"post_processor\": ", json::parse(im.post_processor_json).dump(), ",\n");
+  o += str("  \"decoder\": ", byte_level(false, false), ",\n");
+  o += str("  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": null,\n",
+           "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n    \"fuse_unk\": false,\n",
+           "    \"byte_fallback\": false,\n    \"ignore_merges\": ", b(im.ignore_merges), ",\n    \"vocab\": {");
+  bool first = true;
   for (int32_t id = 0; id < im.vocab_size(); ++id) {
     if (!im.present[id]) continue;
     auto it = im.model_vocab.find(im.tokens[id]);
-    if (it != im.model_vocab.end() && it->second == id) vocab[im.tokens[id]] = id;
+    if (it == im.model_vocab.end() || it->second != id) continue;
+    o += first ? "\n      " : ",\n      ";
+    first = false;
+    o += q(im.tokens[id]);
+    o += ": ";
+    o += std::to_string(id);
   }
-  m["vocab"] = std::move(vocab);
-  ojson merges = ojson::array();
-  for (const auto& [a, b] : im.merges) merges.push_back(ojson::array({im.tokens[a], im.tokens[b]}));
-  m["merges"] = std::move(merges);
-  j["model"] = std::move(m);
-  return j.dump(2, ' ', false, ojson::error_handler_t::replace) + "\n";
+  o += first ? "},\n    \"merges\": [" : "\n    },\n    \"merges\": [";
+  for (size_t r = 0; r < im.merges.size(); ++r) {
+    o += r ? ",\n      [" : "\n      [";
+    o += q(im.tokens[im.merges[r].first]);
+    o += ", ";
+    o += q(im.tokens[im.merges[r].second]);
+    o += "]";
+  }
+  o += im.merges.empty() ? "]\n  }\n}\n" : "\n    ]\n  }\n}\n";
+  return o;
+}
+
+Tokenizer load_tokenizer(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    fs::path dir(path);
+    if (fs::exists(dir / "tokenizer.json", ec)) return Tokenizer::from_file((dir / "tokenizer.json").string());
+    if (fs::exists(dir / "encoder.json", ec) && fs::exists(dir / "vocab.bpe", ec))
+      return Tokenizer::from_gpt2_files((dir / "encoder.json").string(), (dir / "vocab.bpe").string());
+    throw InputError(str(path, ": this directory has neither tokenizer.json nor GPT-2's encoder.json + vocab.bpe; "
+                         "give a tokenizer.json file or such a directory"));
+  }
+  if (!fs::exists(path, ec))
+    throw InputError(str(path, ": no such file; give a tokenizer.json, or a directory with tokenizer.json or "
+                         "encoder.json + vocab.bpe"));
+  return Tokenizer::from_file(path);
 }
 
 void Tokenizer::save(const std::string& path) const { fsx::write_file_atomic(path, to_json()); }

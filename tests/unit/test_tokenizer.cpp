@@ -13,8 +13,11 @@
 #include <random>
 #include <sstream>
 
+#include <unistd.h>
+
 #include "subq/core/error.h"
 #include "subq/core/fs.h"
+#include "data/tokenizer_impl.h"
 #include "subq/data/tokenizer.h"
 #include "subq_catch.h"
 
@@ -141,6 +144,21 @@ std::string run_capture(const std::string& cmd) {
   return out;
 }
 
+// HF `tokenizers`' ids for `inputs` with the tokenizer file at `tok_path` (python3 via popen).
+json hf_encode(const std::string& tok_path, const json& inputs, const std::string& scratch_dir) {
+  std::string in_path = scratch_dir + "/inputs.json";
+  subq::fsx::write_file_atomic(in_path, inputs.dump());
+  std::string out = run_capture("python3 -c 'import json,sys; from tokenizers import Tokenizer; "
+                                "t=Tokenizer.from_file(sys.argv[1]); "
+                                "print(json.dumps([t.encode(s, add_special_tokens=False).ids for s in json.load(open(sys.argv[2]))]))' " +
+                                tok_path + " " + in_path);
+  INFO("HF output: " << out.substr(0, 300));
+  json hf = json::parse(out, nullptr, false);
+  REQUIRE(hf.is_array());
+  REQUIRE(hf.size() == inputs.size());
+  return hf;
+}
+
 std::vector<std::string> training_corpus() {
   std::vector<std::string> texts;
   for (const auto& f : goldens()["code_files"]) texts.push_back(subq::fsx::read_file(data_dir() + "/code/" + f.get<std::string>()));
@@ -240,18 +258,32 @@ TEST_CASE("tokenizer: raw bytes round trip, invalid UTF-8 and replacement charac
   CHECK(g.decode(g.encode("\xED\xA0\x80")) == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate: three
 }
 
-TEST_CASE("tokenizer: long words (heap BPE) match short-word BPE", "[tokenizer]") {
+TEST_CASE("tokenizer: heap BPE (long words) and scan BPE (short words) agree", "[tokenizer]") {
   if (tokenizers_dir().empty()) SUBQ_SKIP("../shared/data is absent: no tokenizer files");
-  const Tokenizer& g = *loaded().gpt2;
-  // a 48-byte word goes through the scan, longer ones through the heap; both must agree with the
-  // concatenation rule of BPE on repeated units
-  std::string unit = "abcabcabcabcabcabc";
-  std::string longw(3000, 'x');
-  auto a = g.encode(longw);
-  CHECK(g.decode(a) == longw);
-  auto b = g.encode(std::string(48, 'x'));
-  CHECK(g.decode(b) == std::string(48, 'x'));
-  CHECK(g.encode(unit + unit + unit) .size() > 0);
+  std::string dir = tokenizers_dir() + "/gpt2";
+  // fresh instances: each has its own word cache, so every word is merged by the path in force
+  std::mt19937 rng(7);
+  std::vector<std::string> words;
+  const std::string alphabet = "abcdefghijklmnopqrstuvwxyzeeeaaa";
+  for (int i = 0; i < 300; ++i) {
+    std::string w(1 + rng() % 200, 'a');
+    for (auto& c : w) c = alphabet[rng() % alphabet.size()];
+    words.push_back(w);
+  }
+  words.push_back(std::string(1000, ' '));
+  words.push_back(std::string(999, 'a'));
+  subq::data::detail::set_bpe_scan_limit(0);  // everything through the heap
+  Tokenizer heap = Tokenizer::from_gpt2_files(dir + "/encoder.json", dir + "/vocab.bpe");
+  std::vector<std::vector<int32_t>> by_heap;
+  for (const auto& w : words) by_heap.push_back(heap.encode(w));
+  subq::data::detail::set_bpe_scan_limit(SIZE_MAX);  // everything through the scan
+  Tokenizer scan = Tokenizer::from_gpt2_files(dir + "/encoder.json", dir + "/vocab.bpe");
+  for (size_t i = 0; i < words.size(); ++i) {
+    INFO("word of " << words[i].size() << " bytes");
+    CHECK(scan.encode(words[i]) == by_heap[i]);
+    CHECK(scan.decode(by_heap[i]) == words[i]);
+  }
+  subq::data::detail::set_bpe_scan_limit(48);
 }
 
 TEST_CASE("tokenizer: to_json round trip and save", "[tokenizer]") {
@@ -263,7 +295,7 @@ TEST_CASE("tokenizer: to_json round trip and save", "[tokenizer]") {
     CHECK(back.vocab_size() == t->vocab_size());
     CHECK(back.to_json() == t->to_json());
   }
-  std::string path = (std::filesystem::temp_directory_path() / "subq_test_tokenizer_save.json").string();
+  std::string path = (std::filesystem::temp_directory_path() / ("subq_test_tokenizer_save_" + std::to_string(getpid()) + ".json")).string();
   loaded().gpt2->save(path);
   CHECK(Tokenizer::from_file(path).encode(text) == loaded().gpt2->encode(text));
   std::filesystem::remove(path);
@@ -360,7 +392,7 @@ TEST_CASE("tokenizer: training is deterministic and HF loads the result identica
   CHECK(a.encode(code).size() < code.size() / 2);  // merges were learned and used
   // training from files gives the same tokenizer as from texts
   std::vector<std::string> files;
-  auto dir = std::filesystem::temp_directory_path() / "subq_test_bpe_train";
+  auto dir = std::filesystem::temp_directory_path() / ("subq_test_bpe_train_" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   for (size_t i = 0; i < texts.size(); ++i) {
     files.push_back((dir / ("t" + std::to_string(i) + ".txt")).string());
@@ -378,23 +410,23 @@ TEST_CASE("tokenizer: training is deterministic and HF loads the result identica
       WARN("SKIPPED: python3 with tokenizers not importable: HF compatibility of trained tokenizers not checked");
       continue;
     }
-    std::string in_path = (dir / "inputs.json").string();
     json inputs = json::array();
     for (const auto& s : texts) inputs.push_back(s);
     for (const auto& s : goldens()["fuzz"]) inputs.push_back(s);
-    subq::fsx::write_file_atomic(in_path, inputs.dump());
-    std::string out = run_capture("python3 -c 'import json,sys; from tokenizers import Tokenizer; "
-                                  "t=Tokenizer.from_file(sys.argv[1]); "
-                                  "print(json.dumps([t.encode(s, add_special_tokens=False).ids for s in json.load(open(sys.argv[2]))]))' " +
-                                  tok_path + " " + in_path);
-    INFO(style << " HF output: " << out.substr(0, 300));
-    json hf = json::parse(out, nullptr, false);
-    REQUIRE(hf.is_array());
-    REQUIRE(hf.size() == inputs.size());
+    json hf = hf_encode(tok_path, inputs, dir.string());
     for (size_t i = 0; i < inputs.size(); ++i) {
       INFO(style << " input " << i << ": " << show(inputs[i].get<std::string>().substr(0, 80)));
       CHECK(t.encode(inputs[i].get<std::string>()) == ids_of(hf[i]));
     }
+  }
+  // a loaded tokenizer saved by subq loads in HF too (GPT-2: small enough to be quick)
+  if (!tokenizers_dir().empty() && python_tokenizers_available()) {
+    std::string path = (dir / "gpt2_resaved.json").string();
+    loaded().gpt2->save(path);
+    json inputs = json::array();
+    for (const auto& s : texts) inputs.push_back(s);
+    json hf = hf_encode(path, inputs, dir.string());
+    for (size_t i = 0; i < inputs.size(); ++i) CHECK(loaded().gpt2->encode(inputs[i].get<std::string>()) == ids_of(hf[i]));
   }
   std::filesystem::remove_all(dir);
 }

@@ -68,11 +68,15 @@ class Tokenizer {
   std::shared_ptr<const Impl> impl_;
 };
 
+// A tokenizer from `path`: a tokenizer.json file, or a directory holding tokenizer.json or GPT-2's
+// encoder.json + vocab.bpe. InputError saying what was looked for otherwise.
+Tokenizer load_tokenizer(const std::string& path);
+
 struct BpeTrainOptions {
   int64_t vocab_size = 8192;          // including the 256 byte tokens and the special tokens
   int64_t min_frequency = 2;          // merges need a pair seen at least this often
   std::vector<std::string> special_tokens{"<|endoftext|>"};
-  std::string pre_tokenizer = "gpt2";  // "gpt2" or "qwen2" (the Qwen2/Llama-3 regex)
+  std::string pre_tokenizer = "gpt2";  // "gpt2", "qwen2" (Qwen2 regex + NFC) or "llama3" (\p{N}{1,3} + NFC)
   int64_t threads = 0;                // 0 = all cores
   bool show_progress = true;
 };
