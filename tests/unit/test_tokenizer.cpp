@@ -18,6 +18,7 @@
 #include "subq/core/error.h"
 #include "subq/core/fs.h"
 #include "data/tokenizer_impl.h"
+#include "data/unicode.h"
 #include "subq/data/tokenizer.h"
 #include "subq_catch.h"
 
@@ -445,4 +446,32 @@ TEST_CASE("tokenizer: training options are validated", "[tokenizer][train]") {
   Tokenizer t = subq::data::train_bpe_texts({"ab ab ab cd"}, o);
   CHECK(t.vocab_size() < 300);
   CHECK(t.decode(t.encode("ab ab cd")) == "ab ab cd");
+}
+
+TEST_CASE("unicode: categories, NFC, UTF-8 repair (no tokenizer files needed)", "[tokenizer][unicode]") {
+  namespace u = subq::data::unicode;
+  CHECK(std::string(u::unicode_version()) == "16.0.0");
+  CHECK(u::category('A') == u::Lu);
+  CHECK(u::category(0x4E2D) == u::Lo);       // 中
+  CHECK(u::category(0x0301) == u::Mn);
+  CHECK(u::category(0x10D50) == u::Lu);      // GARAY CAPITAL LETTER A, new in Unicode 16
+  CHECK(u::category(0x0378) == u::Cn);       // unassigned
+  CHECK((u::classes(0x3000) & u::kSpace) != 0);
+  CHECK((u::classes(0x200B) & u::kSpace) == 0);  // zero width space is not White_Space
+  CHECK((u::classes(0x00BD) & u::kNumber) != 0);  // ½ is \p{N}
+  CHECK(u::combining_class(0x0301) == 230);
+  CHECK(u::nfc("e\xCC\x81") == "\xC3\xA9");                           // e + acute -> é
+  CHECK(u::nfc("a\xCC\xA3\xCC\x82") == "\xE1\xBA\xAD");               // a + dot below + circumflex -> ậ
+  CHECK(u::nfc("a\xCC\x82\xCC\xA3") == "\xE1\xBA\xAD");               // reordered first
+  CHECK(u::nfc("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8") == "\xEA\xB0\x81");  // Hangul jamo -> 각
+  CHECK(u::nfc("\xE2\x84\xAB") == "\xC3\x85");                        // Angstrom sign -> Å
+  CHECK(u::nfc("\xCC\x81" "a") == "\xCC\x81" "a");                    // leading mark stays
+  CHECK(u::nfc("x\xFF\xC3") == "x\xFF\xC3");                          // invalid bytes pass through
+  CHECK(u::nfc_quick_check("plain ascii and 中文"));
+  CHECK_FALSE(u::nfc_quick_check("e\xCC\x81"));
+  CHECK(u::utf8_lossy("ok \xC3\xA9") == "ok \xC3\xA9");
+  CHECK(u::utf8_lossy("\xC3") == "\xEF\xBF\xBD");
+  CHECK(u::utf8_lossy("\xF0\x9F\x98" "a") == "\xEF\xBF\xBD" "a");    // maximal subpart: one U+FFFD
+  CHECK(u::utf8_lossy("\xC0\xAF") == "\xEF\xBF\xBD\xEF\xBF\xBD");     // overlong: each byte
+  CHECK(u::utf8_lossy("\xF4\x90\x80\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
 }
