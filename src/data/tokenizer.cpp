@@ -359,24 +359,20 @@ void set_bpe_scan_limit(size_t n) { g_scan_limit.store(n); }
 // AddedVocabulary::find_matches; calls on_text(segment) and on_token(id) in order.
 template <typename OnText, typename OnToken>
 void split_added(const Tokenizer::Impl& im, std::string_view text, bool normalized_set, OnText on_text, OnToken on_token) {
-  const auto& first = normalized_set ? im.added_first_norm : im.added_first_raw;
+  const AddedTrie& trie = normalized_set ? im.added_norm : im.added_raw;
   size_t start_offset = 0, pos = 0, n = text.size();
   while (pos < n) {
-    const auto& cands = first[static_cast<unsigned char>(text[pos])];
-    const AddedToken* hit = nullptr;
-    for (int32_t k : cands) {  // sorted longest first
-      const AddedToken& t = im.added[k];
-      const std::string& pat = normalized_set ? im.added_norm_content[k] : t.content;
-      if (pat.size() <= n - pos && std::memcmp(text.data() + pos, pat.data(), pat.size()) == 0) {
-        hit = &t;
-        break;
-      }
-    }
-    if (!hit) {
+    if (!trie.may_start(static_cast<unsigned char>(text[pos]))) {
       ++pos;
       continue;
     }
-    size_t plen = normalized_set ? im.added_norm_content[hit - im.added.data()].size() : hit->content.size();
+    size_t plen = 0;
+    int32_t k = trie.longest(text, pos, plen);
+    if (k < 0) {
+      ++pos;
+      continue;
+    }
+    const AddedToken* hit = &im.added[k];
     size_t start = pos, stop = pos + plen;
     pos = stop;
     if (hit->single_word && (ends_with_word(text, start) || starts_with_word(text, stop))) continue;
@@ -515,9 +511,8 @@ void Tokenizer::Impl::finalize() {
   merge_table.build(merges, results);
 
   added_vocab.clear();
-  for (auto& f : added_first_raw) f.clear();
-  for (auto& f : added_first_norm) f.clear();
-  added_norm_content.assign(added.size(), std::string());
+  added_raw.clear();
+  added_norm.clear();
   has_raw_added = has_normalized_added = false;
   for (size_t k = 0; k < added.size(); ++k) {
     const auto& t = added[k];
@@ -525,23 +520,13 @@ void Tokenizer::Impl::finalize() {
     if (t.special) special[t.id] = 1;
     if (t.content.empty()) continue;
     if (t.normalized) {
-      added_norm_content[k] = nfc ? unicode::nfc(t.content) : t.content;
-      added_first_norm[static_cast<unsigned char>(added_norm_content[k][0])].push_back(static_cast<int32_t>(k));
+      added_norm.insert(nfc ? unicode::nfc(t.content) : t.content, static_cast<int32_t>(k));
       has_normalized_added = true;
     } else {
-      added_first_raw[static_cast<unsigned char>(t.content[0])].push_back(static_cast<int32_t>(k));
+      added_raw.insert(t.content, static_cast<int32_t>(k));
       has_raw_added = true;
     }
   }
-  auto by_length = [this](std::vector<int32_t>& v, bool norm) {
-    std::stable_sort(v.begin(), v.end(), [&](int32_t a, int32_t b) {
-      size_t la = norm ? added_norm_content[a].size() : added[a].content.size();
-      size_t lb = norm ? added_norm_content[b].size() : added[b].content.size();
-      return la > lb;
-    });
-  };
-  for (auto& f : added_first_raw) by_length(f, false);
-  for (auto& f : added_first_norm) by_length(f, true);
 }
 
 }  // namespace subq::data

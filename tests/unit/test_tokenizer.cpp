@@ -372,6 +372,25 @@ TEST_CASE("tokenizer: added-token flags lstrip, rstrip, single_word, normalized"
   CHECK(t.encode("(xy)")[1] == next + 1);
 }
 
+TEST_CASE("tokenizer: added tokens match leftmost, then longest, among many", "[tokenizer]") {
+  json j = tiny_tokenizer();
+  int base = j["added_tokens"][0]["id"].get<int>() + 1;
+  for (int k = 0; k < 300; ++k)  // like Llama-3's reserved tokens: a shared "<|" prefix
+    j["added_tokens"].push_back({{"id", base + k}, {"content", "<|r" + std::to_string(k) + "|>"}, {"special", true},
+                                 {"normalized", false}});
+  int a = base + 300;
+  j["added_tokens"].push_back({{"id", a}, {"content", "<|a|>"}, {"special", true}, {"normalized", false}});
+  j["added_tokens"].push_back({{"id", a + 1}, {"content", "<|a|>b"}, {"special", true}, {"normalized", false}});
+  j["added_tokens"].push_back({{"id", a + 2}, {"content", "|a"}, {"special", false}, {"normalized", false}});
+  Tokenizer t = Tokenizer::from_json(j.dump(), "many");
+  int32_t c = t.encode("c")[0], x = t.encode("x")[0], lt = t.encode("<")[0];
+  CHECK(t.encode("<|a|>bc") == std::vector<int32_t>{a + 1, c});          // longest at the same start
+  CHECK(t.encode("<|a|>c") == std::vector<int32_t>{a, c});
+  CHECK(t.encode("<|r299|>x<|r7|>") == std::vector<int32_t>{base + 299, x, base + 7});
+  CHECK(t.encode("<|ax") == std::vector<int32_t>{lt, a + 2, x});        // leftmost: "|a" starts before nothing longer
+  CHECK(t.decode(t.encode("x<|r12|><|a|>b"), true) == "x");
+}
+
 TEST_CASE("tokenizer: training is deterministic and HF loads the result identically", "[tokenizer][train]") {
   auto texts = training_corpus();
   BpeTrainOptions o;
