@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -493,4 +494,86 @@ TEST_CASE("unicode: categories, NFC, UTF-8 repair (no tokenizer files needed)", 
   CHECK(u::utf8_lossy("\xF0\x9F\x98" "a") == "\xEF\xBF\xBD" "a");    // maximal subpart: one U+FFFD
   CHECK(u::utf8_lossy("\xC0\xAF") == "\xEF\xBF\xBD\xEF\xBF\xBD");     // overlong: each byte
   CHECK(u::utf8_lossy("\xF4\x90\x80\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+}
+
+TEST_CASE("bpe training equals a brute-force reference", "[tokenizer][train]") {
+  // The reference recounts every pair from scratch before each merge (no incremental bookkeeping) and
+  // takes the most frequent pair, ties to the smaller (left id, right id): what the heap must reproduce.
+  std::vector<std::string> texts = training_corpus();
+  texts.resize(4);
+  BpeTrainOptions o;
+  o.vocab_size = 450;
+  o.show_progress = false;
+  o.special_tokens = {"<|endoftext|>"};
+  Tokenizer t = subq::data::train_bpe_texts(texts, o);
+  json merges = json::parse(t.to_json())["model"]["merges"];
+
+  std::map<std::string, int64_t> counts;
+  subq::data::detail::PretokScratch scratch;
+  std::vector<std::pair<uint32_t, uint32_t>> pieces;
+  for (const auto& text : texts) {
+    size_t start = 0;
+    for (;;) {
+      size_t p = text.find("<|endoftext|>", start);
+      std::string_view seg = std::string_view(text).substr(start, p == std::string::npos ? std::string::npos : p - start);
+      pieces.clear();
+      subq::data::detail::pretokenize(subq::data::detail::RegexKind::gpt2, seg, pieces, scratch);
+      for (auto [a, b] : pieces) ++counts[std::string(seg.substr(a, b - a))];
+      if (p == std::string::npos) break;
+      start = p + 13;
+    }
+  }
+  std::vector<std::string> id_bytes{"<|endoftext|>"};  // id -> bytes
+  std::map<std::string, int32_t> ids;
+  std::vector<int> order(256);
+  for (int b = 0; b < 256; ++b) order[b] = b;
+  const auto& b2c = subq::data::detail::byte_to_char();
+  std::sort(order.begin(), order.end(), [&](int x, int y) { return b2c[x] < b2c[y]; });
+  for (int b : order) {
+    ids[std::string(1, static_cast<char>(b))] = static_cast<int32_t>(id_bytes.size());
+    id_bytes.push_back(std::string(1, static_cast<char>(b)));
+  }
+  std::vector<std::vector<int32_t>> words;
+  std::vector<int64_t> wc;
+  for (const auto& [w, c] : counts) {
+    std::vector<int32_t> s;
+    for (char ch : w) s.push_back(ids[std::string(1, ch)]);
+    words.push_back(s);
+    wc.push_back(c);
+  }
+  std::vector<std::pair<std::string, std::string>> ref;
+  while (static_cast<int64_t>(id_bytes.size()) < o.vocab_size) {
+    std::map<std::pair<int32_t, int32_t>, int64_t> pc;
+    for (size_t i = 0; i < words.size(); ++i)
+      for (size_t k = 0; k + 1 < words[i].size(); ++k) pc[{words[i][k], words[i][k + 1]}] += wc[i];
+    std::pair<int32_t, int32_t> best{-1, -1};
+    int64_t best_count = 0;
+    for (const auto& [p, c] : pc)  // map order: ascending pairs, so '>' keeps the smallest on ties
+      if (c > best_count) { best_count = c; best = p; }
+    if (best_count < o.min_frequency) break;
+    std::string nb = id_bytes[best.first] + id_bytes[best.second];
+    int32_t nid;
+    if (ids.count(nb)) nid = ids[nb];
+    else {
+      nid = static_cast<int32_t>(id_bytes.size());
+      ids[nb] = nid;
+      id_bytes.push_back(nb);
+    }
+    ref.emplace_back(subq::data::detail::bytes_to_token_string(id_bytes[best.first]),
+                     subq::data::detail::bytes_to_token_string(id_bytes[best.second]));
+    for (auto& w : words) {
+      std::vector<int32_t> out;
+      for (size_t k = 0; k < w.size(); ++k) {
+        if (k + 1 < w.size() && w[k] == best.first && w[k + 1] == best.second) { out.push_back(nid); ++k; }
+        else out.push_back(w[k]);
+      }
+      w = out;
+    }
+  }
+  REQUIRE(merges.size() == ref.size());
+  for (size_t r = 0; r < ref.size(); ++r) {
+    INFO("merge " << r);
+    CHECK(merges[r][0].get<std::string>() == ref[r].first);
+    CHECK(merges[r][1].get<std::string>() == ref[r].second);
+  }
 }
