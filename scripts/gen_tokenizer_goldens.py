@@ -71,6 +71,33 @@ FUZZ_POOL = ["a", "b", "Z", "x", " ", " ", "  ", "\t", "\n", "\r", "\r\n", "'", 
              "ß", "İ", "ǅ", "\u0345", "\u0a3c", "ا", "ב", "\x00", "\x7f", "\ufeff", "ⅷ", "𝟙", "\u1100\u1161"]
 
 
+# Code points that stress NFC (marks of many combining classes, marks HF's older NFC data gives class 0,
+# Unicode 16 composites HF neither decomposes nor composes, Hangul jamo) for the second fuzz set.
+NFC_STRESS = [0x301, 0x316, 0x334, 0x327, 0x5B0, 0x5BC, 0x64B, 0x651, 0xE38, 0x302A, 0x3099, 0x309A, 0x7FD, 0x897,
+              0x1AC1, 0x1DFA, 0x16121, 0x1611E, 0x1611F, 0x16D68, 0x16D63, 0x105C9, 0x105D2, 0x307, 0x11938, 0x11935,
+              0x11930, 0x1100, 0x1161, 0x11A8, 0xAC00, 0x212B, 0x2126, 0xF900, 0x0958, 0x0344, 0x0F73, 0x1E9B, 0x323]
+
+
+def unicode_fuzz(rng, n):
+    """Strings of random assigned code points from all planes mixed with ASCII, spaces and NFC stressors."""
+    import unicodedata
+    def rand_cp():
+        while True:
+            c = rng.choice([rng.randint(0x80, 0x2FFF), rng.randint(0x3000, 0xFFFF), rng.randint(0x10000, 0x1FFFF),
+                            rng.randint(0x20000, 0x2FFFF)])
+            if not 0xD800 <= c <= 0xDFFF and unicodedata.category(chr(c)) != "Cn":
+                return chr(c)
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 16)):
+            r = rng.random()
+            parts.append(rand_cp() if r < 0.4 else chr(rng.choice(NFC_STRESS)) if r < 0.7 else
+                         rng.choice(["a", "Z", " ", "  ", "\n", "\t", "'s", "1", "23", ".", "<|endoftext|>"]))
+        out.append("".join(parts))
+    return out
+
+
 def code_excerpts():
     roots = {"stdlib": sysconfig.get_paths()["stdlib"], "cxx": "/usr/include/c++/12"}
     os.makedirs(os.path.join(OUT, "code"), exist_ok=True)
@@ -116,6 +143,7 @@ def main():
     toks = build_tokenizers(args.shared)
     rng = random.Random(1234)
     fuzz = ["".join(rng.choice(FUZZ_POOL) for _ in range(rng.randint(1, 24))) for _ in range(150)]
+    fuzz += unicode_fuzz(rng, 150)
 
     out = {"tokenizers_version": __import__("tokenizers").__version__, "code_files": files,
            "cases": CASES, "fuzz": fuzz, "results": {}}

@@ -1,7 +1,7 @@
 // test_tokenizer.cpp — subq's byte-level BPE tokenizer against Hugging Face `tokenizers`.
 //
 // Goldens (tests/data/tokenizer/goldens.json, from scripts/gen_tokenizer_goldens.py) hold HF's ids and
-// decodes for real code excerpts, hard Unicode, added tokens and 150 random strings, for Qwen3, Qwen3
+// decodes for real code excerpts, hard Unicode, added tokens and 300 random strings (half of them over all of Unicode), for Qwen3, Qwen3
 // without added tokens, a Llama-3-style variant of Qwen3 and GPT-2. The tokenizer files themselves come
 // from ../shared/data (not committed): those tests skip when it is absent. Training tests build their
 // own corpus; the HF-compatibility check of a trained tokenizer runs python3 + tokenizers when present.
