@@ -14,6 +14,7 @@ Tokenizers (from ../shared/data/tokenizers, not committed):
   llama3_style   the same file with the Llama-3 regex (\\p{N}{1,3}) and ignore_merges=true
   gpt2           built from gpt2/encoder.json + vocab.bpe exactly as subq's from_gpt2_files: BPE, ByteLevel
                  pre-tokenizer (GPT-2 regex, no prefix space), ByteLevel decoder, <|endoftext|> special
+  gpt2_prefix_space  the same with ByteLevel(add_prefix_space=true) (cases and fuzz only, no code files)
 The C++ test (tests/unit/test_tokenizer.cpp) derives qwen3_plain and llama3_style the same way.
 
 Usage: python3 scripts/gen_tokenizer_goldens.py [--shared ../shared/data]
@@ -132,6 +133,9 @@ def build_tokenizers(shared):
     gpt2.decoder = decoders.ByteLevel()
     gpt2.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
     toks["gpt2"] = gpt2
+    aps = Tokenizer.from_str(gpt2.to_str())
+    aps.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    toks["gpt2_prefix_space"] = aps
     return toks
 
 
@@ -152,7 +156,7 @@ def main():
         for cname, text in CASES.items():
             enc = tok.encode(text, add_special_tokens=False)
             res["cases"][cname] = {"ids": enc.ids, "decoded": tok.decode(enc.ids, skip_special_tokens=False)}
-        for fname in files:
+        for fname in (files if tname != "gpt2_prefix_space" else []):
             with open(os.path.join(OUT, "code", fname), encoding="utf-8", newline="") as f:
                 text = f.read()
             ids = tok.encode(text, add_special_tokens=False).ids

@@ -48,7 +48,7 @@ const std::string kLlama3Re =
 
 // The tokenizers of the goldens, built as scripts/gen_tokenizer_goldens.py builds them.
 struct Loaded {
-  std::optional<Tokenizer> qwen3, qwen3_plain, llama3_style, gpt2;
+  std::optional<Tokenizer> qwen3, qwen3_plain, llama3_style, gpt2, gpt2_prefix_space;
 };
 const Loaded& loaded() {
   static const Loaded l = [] {
@@ -66,6 +66,9 @@ const Loaded& loaded() {
     j["model"]["ignore_merges"] = true;
     r.llama3_style = Tokenizer::from_json(j.dump(), "llama3_style");
     r.gpt2 = Tokenizer::from_gpt2_files(dir + "/gpt2/encoder.json", dir + "/gpt2/vocab.bpe");
+    json g = json::parse(r.gpt2->to_json());
+    g["pre_tokenizer"]["add_prefix_space"] = true;
+    r.gpt2_prefix_space = Tokenizer::from_json(g.dump(), "gpt2_prefix_space");
     return r;
   }();
   return l;
@@ -76,6 +79,7 @@ const Tokenizer& by_name(const std::string& name) {
   if (name == "qwen3") return *l.qwen3;
   if (name == "qwen3_plain") return *l.qwen3_plain;
   if (name == "llama3_style") return *l.llama3_style;
+  if (name == "gpt2_prefix_space") return *l.gpt2_prefix_space;
   return *l.gpt2;
 }
 
@@ -170,10 +174,10 @@ std::vector<std::string> training_corpus() {
 
 }  // namespace
 
-TEST_CASE("tokenizer: HF goldens (ids and decodes) for Qwen3, Llama-3 style and GPT-2", "[tokenizer]") {
+TEST_CASE("tokenizer: HF goldens (ids and decodes) for Qwen3, Llama-3 style and GPT-2 (+ prefix space)", "[tokenizer]") {
   if (tokenizers_dir().empty()) SUBQ_SKIP("../shared/data is absent: no tokenizer files to compare with HF goldens");
   const json& g = goldens();
-  for (const std::string name : {"qwen3", "qwen3_plain", "llama3_style", "gpt2"}) {
+  for (const std::string name : {"qwen3", "qwen3_plain", "llama3_style", "gpt2", "gpt2_prefix_space"}) {
     const Tokenizer& tok = by_name(name);
     const json& res = g["results"][name];
     bool allow_special = name != "qwen3_plain";
