@@ -8,7 +8,7 @@
 //   3. ByteLevel's add_prefix_space, then the regex pre-tokenizer cuts pieces (tokenizer_pretokenize.cpp);
 //   4. each piece's bytes are merged by BPE (lowest merge rank first, leftmost on ties — the order of HF's
 //      priority queue), or taken whole when ignore_merges and the piece is a vocabulary token.
-// Pieces of up to 64 bytes are cached per thread (a flat open-addressing table of 128k slots, ~3 MB,
+// Pieces of up to 64 bytes are cached per thread (a flat open-addressing table of 128k 12-byte slots,
 // cleared when half full): source code repeats its words, so most pieces skip BPE. Caches are
 // thread_local and keyed by the tokenizer's serial number (the last 4 tokenizers a thread used keep
 // theirs), so encode() is safe to call from many threads on one Tokenizer without locks.
@@ -112,7 +112,9 @@ uint64_t hash_bytes(std::string_view s) {
   return h;
 }
 
-// Per-thread cache of piece -> ids.
+// Per-thread cache of piece -> ids. Slots are 12 bytes (a 32-bit hash tag, the entry's offset and
+// lengths) so the table stays small enough for the L2 cache; an entry's key bytes and ids sit next to
+// each other in one arena, so a hit costs two memory accesses.
 class WordCache {
  public:
   static constexpr size_t kMaxKey = 64;
@@ -122,55 +124,52 @@ class WordCache {
     owner_ = owner;
     clear();
   }
-  const int32_t* find(std::string_view key, uint64_t h, uint32_t& n) const {
-    if (slots_.empty()) return nullptr;
-    size_t i = h & mask_;
+  // Appends the cached ids of `key` to `out`; false when absent.
+  bool find(std::string_view key, uint64_t h, std::vector<int32_t>& out) const {
+    if (slots_.empty()) return false;
+    uint32_t tag = tag_of(h);
+    size_t i = h & kMask;
     for (;;) {
       const Slot& s = slots_[i];
-      if (!s.used) return nullptr;
-      if (s.hash == h && s.key_len == key.size() && std::memcmp(keys_.data() + s.key_off, key.data(), key.size()) == 0) {
-        n = s.ids_len;
-        return ids_.data() + s.ids_off;
+      if (s.tag == 0) return false;
+      if (s.tag == tag && s.key_len == key.size() && std::memcmp(arena_.data() + s.off, key.data(), key.size()) == 0) {
+        size_t old = out.size();
+        out.resize(old + s.ids_len);
+        std::memcpy(out.data() + old, arena_.data() + s.off + key.size(), s.ids_len * sizeof(int32_t));
+        return true;
       }
-      i = (i + 1) & mask_;
+      i = (i + 1) & kMask;
     }
   }
   void insert(std::string_view key, uint64_t h, const int32_t* ids, size_t n) {
     if (slots_.empty()) slots_.resize(kSlots);
-    if (count_ * 2 >= kSlots || keys_.size() > (64u << 20)) clear();
-    size_t i = h & mask_;
-    while (slots_[i].used) i = (i + 1) & mask_;
-    Slot& s = slots_[i];
-    s.used = true;
-    s.hash = h;
-    s.key_off = static_cast<uint32_t>(keys_.size());
-    s.key_len = static_cast<uint16_t>(key.size());
-    s.ids_off = static_cast<uint32_t>(ids_.size());
-    s.ids_len = static_cast<uint16_t>(n);
-    keys_.append(key);
-    ids_.insert(ids_.end(), ids, ids + n);
+    if (count_ * 2 >= kSlots || arena_.size() > (64u << 20)) clear();
+    size_t i = h & kMask;
+    while (slots_[i].tag != 0) i = (i + 1) & kMask;
+    slots_[i] = Slot{tag_of(h), static_cast<uint32_t>(arena_.size()), static_cast<uint16_t>(key.size()),
+                     static_cast<uint16_t>(n)};
+    arena_.append(key);
+    arena_.append(reinterpret_cast<const char*>(ids), n * sizeof(int32_t));
     ++count_;
   }
 
  private:
   static constexpr size_t kSlots = size_t(1) << 17;
-  static constexpr size_t mask_ = kSlots - 1;
+  static constexpr size_t kMask = kSlots - 1;
   struct Slot {
-    uint64_t hash = 0;
-    uint32_t key_off = 0, ids_off = 0;
+    uint32_t tag = 0;  // 0 = empty
+    uint32_t off = 0;
     uint16_t key_len = 0, ids_len = 0;
-    bool used = false;
   };
+  static uint32_t tag_of(uint64_t h) { return static_cast<uint32_t>(h >> 32) | 1u; }
   void clear() {
     if (!slots_.empty()) std::fill(slots_.begin(), slots_.end(), Slot{});
-    keys_.clear();
-    ids_.clear();
+    arena_.clear();
     count_ = 0;
   }
   uint64_t owner_ = 0;
   std::vector<Slot> slots_;
-  std::string keys_;
-  std::vector<int32_t> ids_;
+  std::string arena_;
   size_t count_ = 0;
 };
 
@@ -272,11 +271,7 @@ void encode_word(const Tokenizer::Impl& im, std::string_view w, std::vector<int3
   uint64_t h = 0;
   if (cacheable) {
     h = hash_bytes(w);
-    uint32_t n;
-    if (const int32_t* ids = st.cache->find(w, h, n)) {
-      out.insert(out.end(), ids, ids + n);
-      return;
-    }
+    if (st.cache->find(w, h, out)) return;
   }
   if (im.ignore_merges) {
     auto it = im.model_bytes.find(std::string(w));
