@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SUBQ_NO_SETUP:-0}" = 1 ] || scripts/setup.sh
 BUILD_DIR=${SUBQ_BUILD_DIR:-build}
-PY=${SUBQ_PYTHON:-python3}
+. scripts/python.sh
+PY=$(subq_python)
 # shellcheck disable=SC2086
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${SUBQ_BUILD_TYPE:-Release}" \
       -DPython3_EXECUTABLE="$(command -v "$PY")" ${SUBQ_CMAKE_ARGS:-} > "$BUILD_DIR.configure.log" 2>&1 \

@@ -24,7 +24,9 @@ step() {  # step NAME CMD... : runs CMD with its output in $OUT/NAME.log, record
     status=1
   fi
 }
-{ echo "subq gpu check — $(date -u +%Y-%m-%dT%H:%M:%SZ) — commit $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+# A copied tree has no .git: SUBQ_BUILD_COMMIT (set by the caller) names the commit instead.
+export SUBQ_BUILD_COMMIT=${SUBQ_BUILD_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
+{ echo "subq gpu check — $(date -u +%Y-%m-%dT%H:%M:%SZ) — commit $SUBQ_BUILD_COMMIT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'; } | tee -a "$summary"
 step setup env SUBQ_SKIP_APT=1 scripts/setup.sh
 step build env SUBQ_NO_SETUP=1 SUBQ_BUILD_DIR="$BUILD" SUBQ_CMAKE_ARGS="-DSUBQ_CUDA=ON -DSUBQ_CUDA_ARCHS=90a ${SUBQ_CMAKE_ARGS:-}" scripts/build.sh

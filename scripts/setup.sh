@@ -7,23 +7,28 @@
 # already be present, and a missing one is reported with the package that provides it.
 #
 # Environment:
-#   SUBQ_PYTHON        python interpreter whose torch provides LibTorch (default: python3)
+#   SUBQ_PYTHON        python interpreter whose torch provides LibTorch (default: see scripts/python.sh)
 #   SUBQ_SKIP_APT=1    never call apt-get (report missing system packages instead)
 #   SUBQ_TEST_EXTRAS=1 also install the PyPI packages the golden tests compare against
 #                      (tokenizers, transformers, safetensors); without them those tests skip.
 set -euo pipefail
 
-PY=${SUBQ_PYTHON:-python3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/python.sh
+. "$ROOT/scripts/python.sh"
+PY=$(subq_python)
 TORCH_VERSION=2.11.0
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages (Debian 12 / Ubuntu 24.04 names) ------------------------------------------------
-APT_PKGS=(build-essential cmake ninja-build ccache git pkg-config
+APT_PKGS=(build-essential cmake ninja-build git pkg-config python3 python3-pip python3-venv
           libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev)
 # Catch2: Debian 12 packages v2 as "catch2"; Ubuntu 24.04 packages v3 as "catch2" too.
 APT_PKGS+=(catch2)
+# Optional: speeds up rebuilds; installed where apt works, never required.
+OPT_PKGS=(ccache)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -41,8 +46,8 @@ if ((${#missing[@]})); then
       catch2)            ls /usr/include/catch2 /usr/local/include/catch2 >/dev/null 2>&1 || really_missing+=("$p");;
       build-essential|pkg-config|git|libfmt-dev) command -v g++ >/dev/null || really_missing+=("$p");;
       cmake)             command -v cmake >/dev/null || really_missing+=("$p");;
+      python3|python3-pip|python3-venv) "$PY" -m pip --version >/dev/null 2>&1 || really_missing+=("$p");;
       ninja-build)       command -v ninja >/dev/null || really_missing+=("$p");;
-      ccache)            command -v ccache >/dev/null || really_missing+=("$p");;
       *)                 really_missing+=("$p");;
     esac
   done
@@ -61,6 +66,14 @@ if ((${#missing[@]})); then
 else
   say "system packages: present"
 fi
+if [ "${SUBQ_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
+  for p in "${OPT_PKGS[@]}"; do
+    command -v "$p" >/dev/null && continue
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 \
+      && say "installed optional $p" || say "optional $p not installed (builds work without it)"
+  done
+fi
 
 # --- LibTorch through the torch wheel ------------------------------------------------------------------
 have_torch() { "$PY" -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$TORCH_VERSION' else 1)" 2>/dev/null; }
@@ -68,8 +81,20 @@ if have_torch; then
   say "torch $("$PY" -c 'import torch;print(torch.__version__)'): present"
 else
   say "installing torch==$TORCH_VERSION from PyPI (first time only; large download)"
-  "$PY" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy \
-    || die "pip install torch==$TORCH_VERSION failed (no network? on an offline machine preinstall it)"
+  if ! "$PY" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy 2> "$ROOT/.pip-error.log"; then
+    if grep -q externally-managed "$ROOT/.pip-error.log" && [ -z "${SUBQ_PYTHON:-}" ]; then
+      # PEP 668 system Python: use a project virtual environment instead (scripts/python.sh finds it)
+      say "system Python refuses pip installs; creating $ROOT/.venv"
+      python3 -m venv "$ROOT/.venv" || die "python3 -m venv failed (apt-get install python3-venv)"
+      PY="$ROOT/.venv/bin/python3"
+      "$PY" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy \
+        || die "pip install torch==$TORCH_VERSION into .venv failed (no network?)"
+    else
+      cat "$ROOT/.pip-error.log" >&2
+      die "pip install torch==$TORCH_VERSION failed (no network? on an offline machine preinstall it)"
+    fi
+  fi
+  rm -f "$ROOT/.pip-error.log"
   have_torch || die "torch $TORCH_VERSION still not importable by $PY"
 fi
 

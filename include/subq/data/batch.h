@@ -16,6 +16,8 @@ struct Batch {
                             // (after a separator, or t == 0): models that reset state per document
                             // reset there; position_ids restart there too
   torch::Tensor position_ids;  // [B, T] int64: position inside the current document
+  int64_t target_bytes = -1;   // UTF-8 bytes the targets decode to (eval batches, for bits per byte);
+                               // -1 when not computed
   int64_t tokens() const { return inputs.numel(); }
 };
 

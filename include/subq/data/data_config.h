@@ -15,6 +15,7 @@ struct DataConfig {
   std::string tokenizer = "data/cache/code/tokenizer.json";
   int64_t seq_len = 256;
   int64_t prefetch = 4;
+  bool shuffle = true;
 
   static void describe(config::Section<DataConfig>& s) {
     s.field("task", &DataConfig::task, "workload: code (causal LM on token shards)").choices({"code"});
@@ -24,6 +25,9 @@ struct DataConfig {
     s.field("tokenizer", &DataConfig::tokenizer, "tokenizer.json (HF format) used for the shards, eval bytes and generation");
     s.field("seq_len", &DataConfig::seq_len, "tokens per training sequence (windows of seq_len+1)").min(1);
     s.field("prefetch", &DataConfig::prefetch, "batches prepared ahead by the background loader").min(0);
+    s.field("shuffle", &DataConfig::shuffle,
+            "train windows in a seeded random order (permuted per epoch, window boundaries shifted per epoch); "
+            "false = in file order (debugging)");
   }
 };
 
