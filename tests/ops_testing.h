@@ -5,6 +5,7 @@
 // Non-obvious decisions:
 //  * rel_rms(a, b) = ||a - b|| / ||b|| computed in fp64; a non-finite `a` fails before the error is
 //    looked at, so NaN never passes (NaN comparisons are false, but we do not rely on that).
+//    SUBQ_OPS_TEST_REPORT=1 prints every measured error to stderr (for lab notes).
 //  * The finite-difference check perturbs up to `max_elems` entries per input (all of them on the tiny
 //    shapes used, evenly spaced otherwise) with central differences, step 1e-6 in fp64, and compares
 //    |numeric - autograd| <= atol + rtol * |numeric|.
@@ -15,6 +16,8 @@
 
 #include <torch/torch.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -49,6 +52,7 @@ inline void require_close(const std::string& what, const torch::Tensor& actual, 
   REQUIRE(all_finite(expected));
   double e = rel_rms(actual, expected);
   INFO("relative RMS error " << e << " (tolerance " << tol << ")");
+  if (std::getenv("SUBQ_OPS_TEST_REPORT")) std::fprintf(stderr, "[rel_rms] %.3e (tol %.0e) %s\n", e, tol, what.c_str());
   REQUIRE(e < tol);
 }
 

@@ -136,6 +136,11 @@ TEST_CASE("gated delta chunkwise matches recurrent on awkward shapes, both beta 
       }
 }
 
+TEST_CASE("gated delta chunkwise matches recurrent at model sizes", "[ops][gated_delta]") {
+  // head dim 128, chunk 64, T = 300 (ragged last chunk), packed documents, beta in [0, 2].
+  compare_forms(make_gdn(1, 2, 300, 128, 128, 4, true, true), 64);
+}
+
 TEST_CASE("gated delta chunkwise is stable under strong decay and without decay", "[ops][gated_delta]") {
   // alpha ~ e^-10 per step: within-chunk decays underflow to 0; nothing may overflow or divide by 0.
   compare_forms(make_gdn(2, 2, 130, 12, 10, 7, true, true, /*strong=*/true), 64);
@@ -318,6 +323,23 @@ TEST_CASE("gated delta optional arguments and dtypes", "[ops][gated_delta]") {
                                                 v[3].narrow(2, 0, 0), v[4].narrow(2, 0, 0), v[5]);
   CHECK(empty.o.size(2) == 0);
   require_close("T = 0 keeps the state", empty.final_state, v[5], 1e-7);
+
+  // non-contiguous inputs (token-major tensors permuted to head-first, as models produce them)
+  auto strided = [](const torch::Tensor& t) {
+    std::vector<int64_t> perm(static_cast<size_t>(t.dim()));
+    for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int64_t>(i);
+    std::swap(perm[1], perm[2]);
+    torch::Tensor s = t.permute(perm).contiguous().permute(perm);
+    REQUIRE(!s.is_contiguous());
+    return s;
+  };
+  Vec vs;
+  for (const auto& t : v) vs.push_back(strided(t));
+  opt.chunk_size = 16;
+  auto nc = subq::ops::gated_delta_chunkwise(vs[0], vs[1], vs[2], vs[3], vs[4], vs[5], {}, opt);
+  auto cc = subq::ops::gated_delta_chunkwise(v[0], v[1], v[2], v[3], v[4], v[5], {}, opt);
+  require_close("non-contiguous inputs", nc.o, cc.o, 1e-7);
+  require_close("non-contiguous inputs, state", nc.final_state, cc.final_state, 1e-7);
 
   // bf16 q, k, v: computed in fp32, o returned in bf16, state fp32
   Vec vb = v;

@@ -127,6 +127,11 @@ TEST_CASE("ssd chunkwise matches recurrent on awkward shapes", "[ops][ssd]") {
   }
 }
 
+TEST_CASE("ssd chunkwise matches recurrent at Mamba-2 sizes", "[ops][ssd]") {
+  // headdim 64, d_state 128, the default chunk 256, T spanning a ragged third chunk, packed documents.
+  compare_forms(make_ssd(1, 2, 1, 600, 64, 128, 3, true), 256);
+}
+
 TEST_CASE("ssd chunkwise is stable under strong decay", "[ops][ssd]") {
   // a_t down to about -40 per step: a chunk of 64 decays by far more than exp(-1000); nothing may overflow.
   SsdIn in = make_ssd(2, 2, 1, 130, 9, 11, 7, true, /*strong=*/true);
@@ -290,7 +295,7 @@ TEST_CASE("ssd prefill then decode steps equal the recurrent pass", "[ops][ssd]"
 }
 
 TEST_CASE("ssd optional arguments and dtypes", "[ops][ssd]") {
-  SsdIn in = make_ssd(2, 2, 1, 37, 5, 4, 51, false);
+  SsdIn in = make_ssd(2, 2, 2, 37, 5, 4, 51, false);
   Vec v = cast(in.vec(), torch::kFloat32);
   // undefined initial state = zeros; undefined D = no skip
   auto a = subq::ops::ssd_chunkwise(v[0], v[1], v[2], v[3], v[4], {}, {}, {}, 16);
@@ -306,6 +311,21 @@ TEST_CASE("ssd optional arguments and dtypes", "[ops][ssd]") {
                                         v[4].narrow(2, 0, 0), v[5], v[6]);
   CHECK(empty.y.size(2) == 0);
   require_close("T = 0 keeps the state", empty.final_state, v[6], 1e-7);
+
+  // non-contiguous inputs (token-major tensors permuted to head-first, as models produce them)
+  auto strided = [](const torch::Tensor& t) {
+    std::vector<int64_t> perm(static_cast<size_t>(t.dim()));
+    for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int64_t>(i);
+    std::swap(perm[1], perm[2]);
+    torch::Tensor s = t.permute(perm).contiguous().permute(perm);
+    REQUIRE(!s.is_contiguous());
+    return s;
+  };
+  auto nc = subq::ops::ssd_chunkwise(strided(v[0]), strided(v[1]), v[2], strided(v[3]), strided(v[4]), v[5],
+                                     strided(v[6]), {}, 16);
+  auto cc = subq::ops::ssd_chunkwise(v[0], v[1], v[2], v[3], v[4], v[5], v[6], {}, 16);
+  require_close("non-contiguous inputs", nc.y, cc.y, 1e-7);
+  require_close("non-contiguous inputs, state", nc.final_state, cc.final_state, 1e-7);
 
   // bf16 inputs: computed in fp32, y returned in bf16, state fp32
   Vec vb = v;

@@ -44,11 +44,11 @@ GatedDeltaResult gated_delta_chunkwise(const torch::Tensor& q, const torch::Tens
   const int64_t nc = (d.time + cs - 1) / cs, tp = nc * cs;
 
   auto [qn, kn] = detail::gated_delta_prepare_qk(q.to(ct), k.to(ct), options.l2_normalize_qk);
-  torch::Tensor qc = detail::pad_time(qn, 2, tp).view({bs, H, nc, cs, dk});
-  torch::Tensor kc = detail::pad_time(kn, 2, tp).view({bs, H, nc, cs, dk});
-  torch::Tensor vc = detail::pad_time(v.to(ct), 2, tp).view({bs, H, nc, cs, dv});
-  torch::Tensor gc = detail::pad_time(g.to(ct), 2, tp).view({bs, H, nc, cs});
-  torch::Tensor bc = detail::pad_time(beta.to(ct), 2, tp).view({bs, H, nc, cs});
+  torch::Tensor qc = detail::pad_time(qn, 2, tp).reshape({bs, H, nc, cs, dk});
+  torch::Tensor kc = detail::pad_time(kn, 2, tp).reshape({bs, H, nc, cs, dk});
+  torch::Tensor vc = detail::pad_time(v.to(ct), 2, tp).reshape({bs, H, nc, cs, dv});
+  torch::Tensor gc = detail::pad_time(g.to(ct), 2, tp).reshape({bs, H, nc, cs});
+  torch::Tensor bc = detail::pad_time(beta.to(ct), 2, tp).reshape({bs, H, nc, cs});
 
   detail::ChunkSegments seg;
   torch::Tensor same;

@@ -39,11 +39,11 @@ SsdResult ssd_chunkwise(const torch::Tensor& x, const torch::Tensor& dt, const t
   const int64_t cs = std::min(chunk_size, d.time);  // a chunk longer than T only pads
   const int64_t nc = (d.time + cs - 1) / cs, tp = nc * cs;
 
-  torch::Tensor xc = detail::pad_time(x.to(ct), 2, tp).view({bs, G, hg, nc, cs, P});
-  torch::Tensor dtc = detail::pad_time(dt.to(ct), 2, tp).view({bs, G, hg, nc, cs});
-  torch::Tensor Bc = detail::pad_time(B.to(ct), 2, tp).view({bs, G, nc, cs, N});
-  torch::Tensor Cc = detail::pad_time(C.to(ct), 2, tp).view({bs, G, nc, cs, N});
-  torch::Tensor a = dtc * A.to(ct).view({1, G, hg, 1, 1});  // [B,G,hg,nc,cs] log-decays
+  torch::Tensor xc = detail::pad_time(x.to(ct), 2, tp).reshape({bs, G, hg, nc, cs, P});
+  torch::Tensor dtc = detail::pad_time(dt.to(ct), 2, tp).reshape({bs, G, hg, nc, cs});
+  torch::Tensor Bc = detail::pad_time(B.to(ct), 2, tp).reshape({bs, G, nc, cs, N});
+  torch::Tensor Cc = detail::pad_time(C.to(ct), 2, tp).reshape({bs, G, nc, cs, N});
+  torch::Tensor a = dtc * A.to(ct).reshape({1, G, hg, 1, 1});  // [B,G,hg,nc,cs] log-decays
 
   detail::ChunkSegments seg;
   torch::Tensor same;  // [B,1,1,nc,cs,cs]
@@ -69,7 +69,7 @@ SsdResult ssd_chunkwise(const torch::Tensor& x, const torch::Tensor& dt, const t
   }
 
   // Inter-chunk recurrence (sequential over chunks only).
-  torch::Tensor h = initial_state.defined() ? initial_state.to(ct).view({bs, G, hg, P, N})
+  torch::Tensor h = initial_state.defined() ? initial_state.to(ct).reshape({bs, G, hg, P, N})
                                             : torch::zeros({bs, G, hg, P, N}, x.options().dtype(ct));
   std::vector<torch::Tensor> carried;
   carried.reserve(static_cast<size_t>(nc));
@@ -80,7 +80,7 @@ SsdResult ssd_chunkwise(const torch::Tensor& x, const torch::Tensor& dt, const t
   torch::Tensor states_in = torch::stack(carried, 3);  // [B,G,hg,nc,P,N]
   torch::Tensor y_inter = torch::einsum("bghcpn,bgctn->bghctp", {states_in, Cc}) * decay_in.unsqueeze(-1);
   y = y + y_inter;
-  if (D.defined()) y = y + D.to(ct).view({1, G, hg, 1, 1, 1}) * xc;
+  if (D.defined()) y = y + D.to(ct).reshape({1, G, hg, 1, 1, 1}) * xc;
   y = y.reshape({bs, H, tp, P}).narrow(2, 0, d.time);
   return {y.to(x.scalar_type()), h.reshape({bs, H, P, N})};
 }
