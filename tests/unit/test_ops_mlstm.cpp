@@ -286,6 +286,19 @@ TEST_CASE("mlstm reduced-precision inputs: fp32 math, output in the input dtype"
   CHECK(st::rel_rms(rec.state.c, ref.state.c) < 1e-5);
 }
 
+TEST_CASE("mlstm empty sequences return the initial state", "[ops][mlstm]") {
+  Shape s{2, 2, 3, 4, 5, 64, true, 0.0};
+  auto in = make(s, 2300, kRealistic);
+  auto e = [](const Tensor& x) { return x.narrow(2, 0, 0); };
+  for (bool chunkwise : {false, true}) {
+    auto r = chunkwise ? subq::ops::mlstm_chunkwise(e(in.q), e(in.k), e(in.v), e(in.i), e(in.f), in.init)
+                       : subq::ops::mlstm_recurrent(e(in.q), e(in.k), e(in.v), e(in.i), e(in.f), in.init);
+    CHECK(r.h.sizes() == at::IntArrayRef({2, 2, 0, 5}));
+    CHECK(st::rel_rms(r.state.c, in.init.c) == 0.0);
+    CHECK(st::rel_rms(r.state.m, in.init.m) == 0.0);
+  }
+}
+
 TEST_CASE("mlstm rejects bad arguments with messages naming them", "[ops][mlstm]") {
   auto q = torch::randn({2, 3, 10, 4}), k = torch::randn({2, 3, 10, 4}), v = torch::randn({2, 3, 10, 5});
   auto i = torch::randn({2, 3, 10}), f = torch::randn({2, 3, 10});

@@ -29,7 +29,8 @@
 //   auto q = torch::randn({2, 4, 100, 64}), k = torch::randn({2, 4, 100, 64}), v = torch::randn({2, 4, 100, 128});
 //   auto i = torch::randn({2, 4, 100}), f = torch::randn({2, 4, 100}) + 3;
 //   auto out = subq::ops::mlstm_chunkwise(q, k, v, i, f);        // out.h [2, 4, 100, 128]
-//   auto step = subq::ops::mlstm_step(q0, k0, v0, i0, f0, out.state);   // continue decoding: [B, H, D] inputs
+//   // continue by decoding: q_t, k_t [2, 4, 64], v_t [2, 4, 128], i_t, f_t [2, 4]
+//   auto step = subq::ops::mlstm_step(q_t, k_t, v_t, i_t, f_t, out.state);   // step.h [2, 4, 128]
 #pragma once
 
 #include <torch/torch.h>
