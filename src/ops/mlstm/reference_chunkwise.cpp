@@ -44,6 +44,7 @@ MlstmResult mlstm_chunkwise(const Tensor& q, const Tensor& k, const Tensor& v, c
 
   const int64_t B = d.b, H = d.h, L = std::min(chunk_size, d.t);
   const int64_t nc = (d.t + L - 1) / L, tp = nc * L, pad = tp - d.t;
+  SUBQ_CHECK(L >= 1 && pad >= 0 && pad < L, "chunking T = ", d.t, " by ", L);
   const double neg_inf = -std::numeric_limits<double>::infinity();
   const auto bool_opts = torch::TensorOptions().dtype(torch::kBool).device(dev);
   const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(dev);
@@ -131,6 +132,9 @@ MlstmResult mlstm_chunkwise(const Tensor& q, const Tensor& k, const Tensor& v, c
   const Tensor den = torch::maximum(qn.abs(), torch::exp(-m_t)) + kMlstmEps;
   Tensor h = (num / den.unsqueeze(-1)).reshape({B, H, tp, d.dv});
   if (pad > 0) h = h.narrow(2, 0, d.t);
+  SUBQ_CHECK(h.sizes() == at::IntArrayRef({B, H, d.t, d.dv}) && c.sizes() == at::IntArrayRef({B, H, d.dk, d.dv}) &&
+                 m.sizes() == at::IntArrayRef({B, H}),
+             "mlstm_chunkwise produced h ", detail::shape_str(h.sizes()), ", c ", detail::shape_str(c.sizes()));
   return {h.to(q.scalar_type()), {c, n, m}};
 }
 

@@ -53,6 +53,8 @@ ShortConvResult short_conv(const Tensor& x, const Tensor& weight, const Tensor& 
     cache_out = torch::where(keep.unsqueeze(-1), cache_out, 0.0);
   }
   if (silu) y = torch::silu(y);
+  SUBQ_CHECK(y.sizes() == x.sizes() && cache_out.sizes() == at::IntArrayRef({d.b, K - 1, d.c}),
+             "short_conv produced y ", detail::shape_str(y.sizes()), ", cache ", detail::shape_str(cache_out.sizes()));
   return {y.to(x.scalar_type()), cache_out};
 }
 

@@ -66,6 +66,8 @@ Tensor step_impl(const Tensor& pre, const Tensor& rh, const Tensor& reset, Slstm
     m = torch::where(rr, 0.0, m);
   }
   const int64_t B = pre.size(0), H = pre.size(2), Dh = pre.size(3);
+  SUBQ_CHECK(rh.dim() == 3 && rh.size(0) == H && rh.size(1) == Dh && rh.size(2) == 4 * Dh, "R as [H, Dh, 4 Dh] is ",
+             detail::shape_str(rh.sizes()));
   // [H, B, Dh] @ [H, Dh, 4 Dh] -> [H, B, 4, Dh] -> [B, 4, H, Dh]
   Tensor rec = torch::bmm(h.transpose(0, 1), rh).view({H, B, 4, Dh}).permute({1, 2, 0, 3});
   Tensor g = pre + rec;
