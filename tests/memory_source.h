@@ -55,10 +55,8 @@ class MemorySource : public data::BatchSource {
   void restore(const nlohmann::json& st) override {
     if (!ignore_restore) cursor_ = st.at("cursor").get<int64_t>();
   }
-  int64_t epoch_batches() const override { return epoch_batches_; }
 
   bool ignore_restore = false;  // for the test that proves the resume test can fail
-  int64_t epoch_batches_ = 0;
   int64_t cursor() const { return cursor_; }
 
  private:

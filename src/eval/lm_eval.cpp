@@ -71,14 +71,7 @@ LmEvalResult LmEvalSums::result(bool have_bytes) const {
   return r;
 }
 
-LmEvalResult evaluate_lm(models::LanguageModel& model, data::BatchSource& source, const LmEvalOptions& opts) {
-  int64_t n = opts.batches;
-  if (n <= 0) {
-    n = source.epoch_batches();
-    if (n <= 0)
-      throw InputError("eval.batches = 0 asks for the whole held-out set, but this data source cannot tell its size; "
-                       "set eval.batches to a positive number");
-  }
+LmEvalResult evaluate_lm(models::LanguageModel& model, const BatchStream& stream, const LmEvalOptions& opts) {
   auto params = model.parameters();
   SUBQ_CHECK(!params.empty());
   const torch::Device device = params.front().device();
@@ -86,20 +79,45 @@ LmEvalResult evaluate_lm(models::LanguageModel& model, data::BatchSource& source
   model.eval();
   torch::NoGradGuard ng;
   LmEvalSums sums;
-  for (int64_t i = 0; i < n; ++i) {
-    data::Batch b = source.next();
-    auto inputs = b.inputs.to(device);
-    auto targets = b.targets.to(device);
-    auto doc = b.doc_start.defined() ? b.doc_start.to(device) : torch::Tensor();
-    torch::Tensor logits;
-    {
-      AutocastGuard ac(device, opts.compute);
-      logits = model.forward(inputs, doc);
+  try {
+    while (opts.batches <= 0 || sums.batches < opts.batches) {
+      std::optional<data::Batch> b = stream();
+      if (!b) break;
+      auto inputs = b->inputs.to(device);
+      auto targets = b->targets.to(device);
+      auto doc = b->doc_start.defined() ? b->doc_start.to(device) : torch::Tensor();
+      torch::Tensor logits;
+      {
+        AutocastGuard ac(device, opts.compute);
+        logits = model.forward(inputs, doc);
+      }
+      sums.add(logits, targets, opts.token_bytes);
     }
-    sums.add(logits, targets, opts.token_bytes);
+  } catch (...) {
+    model.train(was_training);
+    throw;
   }
   model.train(was_training);
   return sums.result(opts.token_bytes.defined());
+}
+
+LmEvalResult evaluate_lm(models::LanguageModel& model, data::BatchSource& source, const LmEvalOptions& opts) {
+  if (opts.batches <= 0)
+    throw InputError("eval.batches = 0 asks for the whole held-out set, but this data source is endless; set "
+                     "eval.batches to a positive number");
+  return evaluate_lm(model, [&]() -> std::optional<data::Batch> { return source.next(); }, opts);
+}
+
+Evaluator source_evaluator(data::BatchSource& source, int64_t batches, torch::Tensor token_bytes) {
+  nlohmann::json start = source.state();
+  return [&source, start, batches, token_bytes](models::LanguageModel& model, torch::ScalarType compute) {
+    source.restore(start);
+    LmEvalOptions o;
+    o.batches = batches;
+    o.token_bytes = token_bytes;
+    o.compute = compute;
+    return evaluate_lm(model, source, o);
+  };
 }
 
 torch::Tensor token_bytes_table(int64_t vocab_size, const std::function<int64_t(int64_t)>& bytes_of) {

@@ -221,7 +221,9 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
   std::vector<torch::Tensor> grads;
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
-  if (grads.empty()) return torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32));
+  if (grads.empty())
+    return torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(
+                                params.empty() ? torch::Device(torch::kCPU) : params.front().device()));
   auto norms = at::_foreach_norm(grads, 2);
   auto total = torch::stack(norms).to(torch::kFloat32).norm(2);
   if (max_norm > 0) {

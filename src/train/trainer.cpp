@@ -140,15 +140,8 @@ TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& 
                 dev_name, ", compute ", c10::toString(compute), ", AdamW ", opt.fused() ? "fused" : "foreach", " (",
                 opt.num_decay(), " decayed / ", opt.num_no_decay(), " not)"));
 
-  nlohmann::json val_start;
-  if (data.val) val_start = data.val->state();
   auto run_eval = [&]() {
-    data.val->restore(val_start);
-    eval::LmEvalOptions eo;
-    eo.batches = cfg.eval.batches;
-    eo.token_bytes = data.token_bytes;
-    eo.compute = compute;
-    auto r = eval::evaluate_lm(*model, *data.val, eo);
+    auto r = data.evaluate(*model, compute);
     model->train();
     return r;
   };
@@ -271,7 +264,7 @@ TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& 
     progress.advance(1);
 
     const bool stop = stop_requested() || (hooks.should_stop && hooks.should_stop(s));
-    if (data.val && ((cfg.eval.every > 0 && s % cfg.eval.every == 0) || s == total)) {
+    if (data.evaluate && ((cfg.eval.every > 0 && s % cfg.eval.every == 0) || s == total)) {
       auto r = run_eval();
       nlohmann::json rec = r.to_json();
       rec["step"] = s;

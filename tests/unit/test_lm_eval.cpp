@@ -114,10 +114,27 @@ TEST_CASE("evaluate_lm scores the requested batches of a source", "[lm_eval]") {
   CHECK(r.loss == Approx(d.loss).epsilon(1e-12));
   CHECK(*r.bpb == Approx(*d.bpb).epsilon(1e-12));
   CHECK(m.is_training());  // mode restored
-  // eval.batches = 0: the whole epoch when the source knows it, else a clear error
-  subq::test::MemorySource whole(16, 3, 8, 512);
+  // an endless source needs a batch count
+  subq::test::MemorySource endless(16, 3, 8, 512);
   o.batches = 0;
-  CHECK_THROWS_AS(subq::eval::evaluate_lm(m, whole, o), subq::InputError);
-  whole.epoch_batches_ = 6;
-  CHECK(subq::eval::evaluate_lm(m, whole, o).batches == 6);
+  CHECK_THROWS_AS(subq::eval::evaluate_lm(m, endless, o), subq::InputError);
+  // a finite stream is scored to its end (eval.batches = 0), or capped
+  int left = 5;
+  subq::test::MemorySource finite(16, 3, 8, 512);
+  auto stream = [&]() -> std::optional<subq::data::Batch> {
+    if (left-- <= 0) return std::nullopt;
+    return finite.next();
+  };
+  CHECK(subq::eval::evaluate_lm(m, stream, o).batches == 5);
+  left = 5;
+  o.batches = 2;
+  CHECK(subq::eval::evaluate_lm(m, stream, o).batches == 2);
+  // an evaluator scores the same batches every time
+  subq::test::MemorySource val(16, 3, 8, 512);
+  auto ev = subq::eval::source_evaluator(val, 3, table);
+  auto e1 = ev(m, torch::kFloat32);
+  auto e2 = ev(m, torch::kFloat32);
+  CHECK(e1.batches == 3);
+  CHECK(e1.loss == e2.loss);
+  CHECK(val.cursor() == 3);
 }

@@ -126,7 +126,7 @@ TEST_CASE("resume is exact: 2N straight == N + resume + N (bitwise)", "[trainer]
   auto ca = tiny_run("straight");
   auto rda = open(ca);
   MemorySource ta(32, 4, 16, 4096, 7, /*jitter=*/5), va(32, 4, 16, 2048, 99);
-  auto ra = subq::train::train(ca, rda, {&ta, &va, {}});
+  auto ra = subq::train::train(ca, rda, {&ta, subq::eval::source_evaluator(va, 2)});
   REQUIRE(ra.finished);
   REQUIRE(ra.losses.size() == 2 * N);
   for (double l : ra.losses) REQUIRE(std::isfinite(l));
@@ -137,7 +137,7 @@ TEST_CASE("resume is exact: 2N straight == N + resume + N (bitwise)", "[trainer]
   MemorySource tb1(32, 4, 16, 4096, 7, 5), vb1(32, 4, 16, 2048, 99);
   subq::train::TrainHooks stop_at_n;
   stop_at_n.should_stop = [&](int64_t s) { return s == N; };
-  auto rb1 = subq::train::train(cb, rdb, {&tb1, &vb1, {}}, stop_at_n);
+  auto rb1 = subq::train::train(cb, rdb, {&tb1, subq::eval::source_evaluator(vb1, 2)}, stop_at_n);
   CHECK(!rb1.finished);
   CHECK(rb1.step == N);
   REQUIRE(subq::train::latest_checkpoint(rdb.path));
@@ -145,7 +145,7 @@ TEST_CASE("resume is exact: 2N straight == N + resume + N (bitwise)", "[trainer]
   // scramble the global RNG in between, as a new process would have a different one
   torch::manual_seed(12345);
   MemorySource tb2(32, 4, 16, 4096, 7, 5), vb2(32, 4, 16, 2048, 99);
-  auto rb2 = subq::train::train(cb, rdb, {&tb2, &vb2, {}});
+  auto rb2 = subq::train::train(cb, rdb, {&tb2, subq::eval::source_evaluator(vb2, 2)});
   CHECK(rb2.start_step == N);
   CHECK(rb2.finished);
   REQUIRE(rb2.losses.size() == N);
@@ -173,10 +173,10 @@ TEST_CASE("resume is exact: 2N straight == N + resume + N (bitwise)", "[trainer]
   auto cc = tiny_run("control");
   auto rdc = open(cc);
   MemorySource tc1(32, 4, 16, 4096, 7, 5);
-  subq::train::train(cc, rdc, {&tc1, nullptr, {}}, stop_at_n);
+  subq::train::train(cc, rdc, {&tc1, {}}, stop_at_n);
   MemorySource tc2(32, 4, 16, 4096, 7, 5);
   tc2.ignore_restore = true;
-  auto rc2 = subq::train::train(cc, rdc, {&tc2, nullptr, {}});
+  auto rc2 = subq::train::train(cc, rdc, {&tc2, {}});
   REQUIRE(rc2.losses.size() == N);
   bool differs = false;
   for (int64_t i = 0; i < N; ++i) differs |= rc2.losses[i] != ra.losses[N + i];
@@ -190,7 +190,7 @@ TEST_CASE("metrics, eval records and keep-last-k checkpoints", "[trainer]") {
   auto rd = open(c);
   MemorySource t(32, 4, 16), v(32, 4, 16, 2048, 99);
   auto bytes = subq::eval::token_bytes_table(32, [](int64_t id) { return id == 0 ? 0 : 1 + id % 3; });
-  auto r = subq::train::train(c, rd, {&t, &v, bytes});
+  auto r = subq::train::train(c, rd, {&t, subq::eval::source_evaluator(v, c.eval.batches, bytes)});
   CHECK(r.tokens == 8 * 2 * 4 * 16);
   auto cks = subq::train::list_checkpoints(rd.path);
   REQUIRE(cks.size() == 2);
@@ -234,20 +234,20 @@ TEST_CASE("metrics, eval records and keep-last-k checkpoints", "[trainer]") {
   never.run.resume = "never";
   MemorySource t2(32, 4, 16);
   try {
-    subq::train::train(never, rd, {&t2, nullptr, {}});
+    subq::train::train(never, rd, {&t2, {}});
     FAIL("no error");
   } catch (const subq::InputError& e) {
     CHECK(std::string(e.what()).find("run.resume") != std::string::npos);
   }
   // resuming a finished run does nothing; asking for more steps continues it
   MemorySource t3(32, 4, 16);
-  auto again = subq::train::train(c, rd, {&t3, nullptr, {}});
+  auto again = subq::train::train(c, rd, {&t3, {}});
   CHECK(again.losses.empty());
   CHECK(again.finished);
   auto longer = c;
   longer.train.steps = 10;
   MemorySource t4(32, 4, 16);
-  auto more = subq::train::train(longer, rd, {&t4, nullptr, {}});
+  auto more = subq::train::train(longer, rd, {&t4, {}});
   CHECK(more.start_step == 8);
   CHECK(more.losses.size() == 2);
   CHECK(subq::train::latest_checkpoint(rd.path)->step == 10);
@@ -255,7 +255,7 @@ TEST_CASE("metrics, eval records and keep-last-k checkpoints", "[trainer]") {
   auto other = longer;
   other.model.d_model = 64;
   MemorySource t5(32, 4, 16);
-  CHECK_THROWS_AS(subq::train::train(other, rd, {&t5, nullptr, {}}), subq::InputError);
+  CHECK_THROWS_AS(subq::train::train(other, rd, {&t5, {}}), subq::InputError);
 }
 
 TEST_CASE("interrupted checkpoint saves are cleaned up", "[trainer][checkpoint]") {
@@ -263,7 +263,7 @@ TEST_CASE("interrupted checkpoint saves are cleaned up", "[trainer][checkpoint]"
   c.train.steps = 2;
   auto rd = open(c);
   MemorySource t(32, 4, 16);
-  auto r = subq::train::train(c, rd, {&t, nullptr, {}});
+  auto r = subq::train::train(c, rd, {&t, {}});
   const fs::path ck = rd.checkpoints_path();
   // a half-written temp dir, a step dir without COMPLETE, and a moved-aside copy of step-2
   fs::create_directories(ck / "step-3.tmp-999");
@@ -307,8 +307,8 @@ TEST_CASE("gradient accumulation equals the large batch", "[trainer]") {
   small.train.grad_accum = 2;
   small.train.steps = 4;
   MemorySource a(32, 4, 16), b(32, 2, 16);
-  auto rb = subq::train::train(big, open(big), {&a, nullptr, {}});
-  auto rs = subq::train::train(small, open(small), {&b, nullptr, {}});
+  auto rb = subq::train::train(big, open(big), {&a, {}});
+  auto rs = subq::train::train(small, open(small), {&b, {}});
   REQUIRE(rb.losses.size() == 4);
   REQUIRE(rs.losses.size() == 4);
   for (int i = 0; i < 4; ++i) CHECK(rs.losses[i] == Approx(rb.losses[i]).epsilon(1e-5));
@@ -329,7 +329,7 @@ TEST_CASE("NaN policy: skip, stop, max_bad_steps", "[trainer][nan]") {
   std::vector<nlohmann::json> seen;
   subq::train::TrainHooks h;
   h.on_step = [&](const nlohmann::json& j) { seen.push_back(j); };
-  auto r = subq::train::train(c, open(c), {&t, nullptr, {}}, h);
+  auto r = subq::train::train(c, open(c), {&t, {}}, h);
   CHECK(r.finished);
   CHECK(r.skipped_steps == 1);
   REQUIRE(r.losses.size() == 6);
@@ -347,7 +347,7 @@ TEST_CASE("NaN policy: skip, stop, max_bad_steps", "[trainer][nan]") {
   g_poison_calls = {4};
   MemorySource t2(32, 4, 16);
   try {
-    subq::train::train(stop, open(stop), {&t2, nullptr, {}});
+    subq::train::train(stop, open(stop), {&t2, {}});
     FAIL("no error");
   } catch (const subq::RuntimeError& e) {
     std::string msg = e.what();
@@ -364,7 +364,7 @@ TEST_CASE("NaN policy: skip, stop, max_bad_steps", "[trainer][nan]") {
   g_poison_calls = {2, 3};
   MemorySource t3(32, 4, 16);
   try {
-    subq::train::train(many, open(many), {&t3, nullptr, {}});
+    subq::train::train(many, open(many), {&t3, {}});
     FAIL("no error");
   } catch (const subq::RuntimeError& e) {
     CHECK(std::string(e.what()).find("max_bad_steps") != std::string::npos);
@@ -381,7 +381,7 @@ TEST_CASE("training reduces the loss", "[trainer]") {
   c.optim.grad_clip = 1.0;
   c.eval.every = 0;
   MemorySource t(32, 4, 16);
-  auto r = subq::train::train(c, open(c), {&t, nullptr, {}});
+  auto r = subq::train::train(c, open(c), {&t, {}});
   REQUIRE(r.losses.size() == 40);
   const double first = r.losses.front();
   double last = 0;

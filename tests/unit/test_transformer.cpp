@@ -203,10 +203,13 @@ TEST_CASE("transformer logits equal Hugging Face LlamaForCausalLM on the same we
   FILE* probe = popen("python3 -c 'import transformers, safetensors, torch' 2>/dev/null", "r");
   REQUIRE(probe);
   if (pclose(probe) != 0) SUBQ_SKIP("python3 with transformers, safetensors and torch is not available");
-  fs::path dir = fs::temp_directory_path() / ("subq-hf-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+  fs::path root = fs::temp_directory_path() / ("subq-hf-" + std::to_string(::getpid()));
+  std::vector<std::shared_ptr<subq::models::LanguageModel>> models;
+  std::vector<torch::Tensor> tokens;
+  // one Python process for both cases (importing transformers dominates the test's time)
   for (bool tied : {false, true}) {
-    INFO("tied " << tied);
+    fs::path dir = root / (tied ? "tied" : "untied");
+    fs::create_directories(dir);
     auto c = tiny(2, tied);
     torch::manual_seed(6);
     auto m = subq::models::create_model(c);
@@ -221,35 +224,43 @@ TEST_CASE("transformer logits equal Hugging Face LlamaForCausalLM on the same we
                        {"num_key_value_heads", c.n_kv_heads}, {"max_position_embeddings", c.max_seq_len},
                        {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta}, {"tie_word_embeddings", tied}};
     std::ofstream(dir / "config.json") << cfg.dump();
-    std::ofstream(dir / "run.py")
-        << "import json, sys, torch\n"
-           "from safetensors.torch import load_file, save_file\n"
-           "from transformers import LlamaConfig, LlamaForCausalLM\n"
-           "d = sys.argv[1]\n"
-           "cfg = LlamaConfig(**json.load(open(d + '/config.json')), attention_bias=False, mlp_bias=False)\n"
-           "cfg._attn_implementation = 'eager'\n"
-           "m = LlamaForCausalLM(cfg).float().eval()\n"
-           "missing, unexpected = m.load_state_dict(load_file(d + '/model.safetensors'), strict=False)\n"
-           "missing = [k for k in missing if not (cfg.tie_word_embeddings and k == 'lm_head.weight')]\n"
-           "assert not missing and not unexpected, (missing, unexpected)\n"
-           "if cfg.tie_word_embeddings: m.tie_weights()\n"
-           "tok = load_file(d + '/tokens.safetensors')['tokens']\n"
-           "with torch.no_grad(): out = m(input_ids=tok).logits.float().contiguous()\n"
-           "save_file({'logits': out}, d + '/logits.safetensors')\n";
-    std::string cmd = "python3 " + (dir / "run.py").string() + " " + dir.string() + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    std::array<char, 4096> buf;
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-    int rc = pclose(p);
-    INFO(out);
-    REQUIRE(rc == 0);
-    auto hf = subq::load_safetensors((dir / "logits.safetensors").string()).tensors.at("logits");
-    torch::NoGradGuard ng;
-    auto ours = m->forward(tok);
-    CHECK(rel_err(ours, hf) < 1e-5);
+    models.push_back(m);
+    tokens.push_back(tok);
   }
-  fs::remove_all(dir);
+  std::ofstream(root / "run.py")
+      << "import json, sys, torch\n"
+         "from safetensors.torch import load_file, save_file\n"
+         "from transformers import LlamaConfig, LlamaForCausalLM\n"
+         "for d in sys.argv[1:]:\n"
+         "    cfg = LlamaConfig(**json.load(open(d + '/config.json')), attention_bias=False, mlp_bias=False)\n"
+         "    cfg._attn_implementation = 'eager'\n"
+         "    m = LlamaForCausalLM(cfg).float().eval()\n"
+         "    missing, unexpected = m.load_state_dict(load_file(d + '/model.safetensors'), strict=False)\n"
+         "    missing = [k for k in missing if not (cfg.tie_word_embeddings and k == 'lm_head.weight')]\n"
+         "    assert not missing and not unexpected, (missing, unexpected)\n"
+         "    if cfg.tie_word_embeddings: m.tie_weights()\n"
+         "    tok = load_file(d + '/tokens.safetensors')['tokens']\n"
+         "    with torch.no_grad(): out = m(input_ids=tok).logits.float().contiguous()\n"
+         "    save_file({'logits': out}, d + '/logits.safetensors')\n";
+  std::string cmd = "python3 " + (root / "run.py").string() + " " + (root / "untied").string() + " " +
+                    (root / "tied").string() + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int rc = pclose(p);
+  INFO(out);
+  REQUIRE(rc == 0);
+  int i = 0;
+  for (const char* sub : {"untied", "tied"}) {
+    INFO(sub);
+    auto hf = subq::load_safetensors((root / sub / "logits.safetensors").string()).tensors.at("logits");
+    torch::NoGradGuard ng;
+    auto ours = models[i]->forward(tokens[i]);
+    CHECK(rel_err(ours, hf) < 1e-5);
+    ++i;
+  }
+  fs::remove_all(root);
 }

@@ -29,9 +29,6 @@ class BatchSource {
   // Where the source is, as JSON that restore() accepts (saved in checkpoints).
   virtual nlohmann::json state() const = 0;
   virtual void restore(const nlohmann::json& state) = 0;
-  // Batches in one pass over the source's data (from a fresh or restored-to-start source), or 0 when the
-  // source cannot tell (endless generators). `subq eval` with eval.batches = 0 evaluates this many.
-  virtual int64_t epoch_batches() const { return 0; }
 };
 
 }  // namespace subq::data

@@ -9,7 +9,9 @@
 //
 // Example:
 //   auto bytes = subq::eval::token_bytes_table(vocab, [&](int64_t id) { return tok.token_bytes(id); });
-//   auto r = subq::eval::evaluate_lm(*model, val_source, {.batches = 0, .token_bytes = bytes});
+//   subq::eval::LmEvalOptions o;
+//   o.token_bytes = bytes;
+//   auto r = subq::eval::evaluate_lm(*model, [&] { return val_windows.next(); }, o);  // whole set
 //   std::cout << r.to_json().dump();  // {"eval_loss": 2.31, "eval_ppl": 10.1, "eval_bpb": 0.93, ...}
 #pragma once
 
@@ -49,14 +51,26 @@ struct LmEvalSums {
 };
 
 struct LmEvalOptions {
-  int64_t batches = 0;          // 0 = source.epoch_batches() (InputError when the source cannot tell)
+  int64_t batches = 0;          // at most this many batches; 0 = until the stream ends
   torch::Tensor token_bytes;    // [V] int64 bytes per token id; undefined = no bpb
   torch::ScalarType compute = torch::kFloat32;  // bf16 = autocast, as in training
 };
 
-// Scores `batches` batches from `source` (from wherever it stands) with the model in no-grad mode on the
-// device of its parameters. The model's train/eval mode is restored afterwards.
+// A finite stream of held-out batches: nullopt ends it (e.g. a pass over EvalWindows).
+using BatchStream = std::function<std::optional<data::Batch>()>;
+
+// Scores the batches of `stream` (up to opts.batches) with the model in no-grad mode on the device of its
+// parameters. The model's train/eval mode is restored afterwards.
+LmEvalResult evaluate_lm(models::LanguageModel& model, const BatchStream& stream, const LmEvalOptions& opts);
+// Same over an endless BatchSource from wherever it stands: exactly opts.batches batches (InputError
+// when 0, since such a source has no end).
 LmEvalResult evaluate_lm(models::LanguageModel& model, data::BatchSource& source, const LmEvalOptions& opts);
+
+// What the trainer calls at each evaluation: scores the model in the given compute dtype.
+using Evaluator = std::function<LmEvalResult(models::LanguageModel& model, torch::ScalarType compute)>;
+// An Evaluator over an endless source: every call first restores the source to the state it had when the
+// evaluator was made, so every evaluation scores the same `batches` batches. The source must outlive it.
+Evaluator source_evaluator(data::BatchSource& source, int64_t batches, torch::Tensor token_bytes = {});
 
 // [vocab_size] int64 CPU table of bytes per token id from a callback (e.g. Tokenizer::token_bytes).
 torch::Tensor token_bytes_table(int64_t vocab_size, const std::function<int64_t(int64_t)>& bytes_of);

@@ -10,11 +10,13 @@
 // (tested on CPU in fp32). run.resume = never refuses to start when checkpoints exist.
 //
 // One optimizer step = train.grad_accum micro-batches from the train source, each loss divided by
-// grad_accum before backward (each micro-batch's loss is its mean over its targets). Eval restarts the
-// val source from where it stood when train() began, so every eval scores the same batches.
+// grad_accum before backward (each micro-batch's loss is its mean over its targets). Evaluation is a
+// function (eval::Evaluator) called every eval.every steps and at the end; it should score the same
+// held-out batches each time (eval::source_evaluator does for an endless source; a pass over a finite
+// held-out set does by construction).
 //
 // Example:
-//   subq::train::TrainData data{&train_loader, &val_loader, token_bytes};
+//   subq::train::TrainData data{&train_loader, subq::eval::source_evaluator(val_source, 20, token_bytes)};
 //   auto result = subq::train::train(cfg, run_dir, data);
 #pragma once
 
@@ -36,8 +38,7 @@ namespace subq::train {
 
 struct TrainData {
   data::BatchSource* train = nullptr;  // required; batches of train.batch_size x data.seq_len
-  data::BatchSource* val = nullptr;    // optional: no eval without it
-  torch::Tensor token_bytes;           // optional [V] int64 UTF-8 bytes per token id, for eval bits per byte
+  eval::Evaluator evaluate;            // optional: no eval without it
 };
 
 struct TrainHooks {

@@ -1,0 +1,230 @@
+// test_hf_export.cpp — the Hugging Face export: folder contents, names and values, dtype, refusals
+// (soft-capping, architectures without an exporter, existing folders), and — when PyPI transformers is
+// importable — that transformers' LlamaForCausalLM loads the folder and reproduces subq's logits
+// (scripts/check_hf_export.py; untied + GQA, and tied).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "subq/core/error.h"
+#include "subq/core/fs.h"
+#include "subq/core/safetensors.h"
+#include "subq/data/tokenizer.h"
+#include "subq/models/hf_export.h"
+#include "subq/models/model.h"
+#include "subq_catch.h"
+
+namespace fs = std::filesystem;
+using namespace subq;
+
+namespace {
+
+struct TempDir {
+  fs::path p;
+  TempDir() {
+    p = fs::temp_directory_path() / ("subq-hf-export-" + std::to_string(::getpid()));
+    fs::create_directories(p);
+  }
+  ~TempDir() { fs::remove_all(p); }
+};
+
+data::Tokenizer tiny_tokenizer() {
+  data::BpeTrainOptions bo;
+  bo.vocab_size = 300;
+  bo.show_progress = false;
+  return data::train_bpe_texts({"def f(x):\n    return x + 1\n", "for i in range(10):\n    print(i)\n",
+                                "int main() { return 0; }\n"},
+                               bo);
+}
+
+models::ModelConfig tiny_config(int64_t vocab, bool tied, int64_t kv_heads) {
+  models::ModelConfig c;
+  c.arch = "transformer";
+  c.vocab_size = vocab;
+  c.d_model = 48;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = kv_heads;
+  c.max_seq_len = 64;
+  c.tie_embeddings = tied;
+  c.rope_theta = 5000.0;
+  c.norm_eps = 1e-6;
+  c.init_std = 0.1;
+  return c;
+}
+
+struct Run {
+  int rc;
+  std::string out;
+};
+Run run(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+// A model the registry does not know, to check the refusal.
+class Unexported : public models::LanguageModel {
+ public:
+  explicit Unexported(models::ModelConfig c) : LanguageModel(std::move(c)) { w = register_parameter("w", torch::ones({2})); }
+  torch::Tensor forward(const torch::Tensor& t, const torch::Tensor&) override { return t; }
+  std::unique_ptr<models::DecodeState> new_decode_state(int64_t, int64_t) override { return nullptr; }
+  torch::Tensor step(const torch::Tensor& t, models::DecodeState&) override { return t; }
+  double flops_per_token(int64_t) const override { return 0; }
+  torch::Tensor w;
+};
+
+}  // namespace
+
+TEST_CASE("HF export writes a Llama folder that transformers loads with the same logits", "[hf_export]") {
+  TempDir t;
+  auto tok = tiny_tokenizer();
+  const std::string tok_path = (t.p / "tokenizer.json").string();
+  tok.save(tok_path);
+  REQUIRE(tok.eos_id());
+  const int64_t vocab = tok.vocab_size() + 20;  // padded beyond the tokenizer, as configs may do
+
+  std::vector<std::string> cases;
+  for (bool tied : {false, true}) {
+    INFO("tied " << tied);
+    torch::manual_seed(tied ? 11 : 7);
+    auto model = models::create_model(tiny_config(vocab, tied, tied ? 4 : 2));
+    models::HfExportOptions o;
+    o.out_dir = (t.p / (tied ? "tied" : "untied")).string();
+    o.tokenizer_json_path = tok_path;
+    auto files = models::export_hf(*model, &tok, o);
+    for (const char* f : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                          "tokenizer_config.json", "special_tokens_map.json"}) {
+      CHECK(fs::exists(fs::path(o.out_dir) / f));
+      CHECK(std::find(files.begin(), files.end(), f) != files.end());
+    }
+    auto cfg = nlohmann::json::parse(fsx::read_file(o.out_dir + "/config.json"));
+    CHECK(cfg["architectures"][0] == "LlamaForCausalLM");
+    CHECK(cfg["hidden_size"] == 48);
+    CHECK(cfg["num_key_value_heads"] == (tied ? 4 : 2));
+    CHECK(cfg["intermediate_size"] == model->config().ffn_dim());
+    CHECK(cfg["vocab_size"] == vocab);
+    CHECK(cfg["tie_word_embeddings"] == tied);
+    CHECK(cfg["eos_token_id"] == *tok.eos_id());
+    CHECK(cfg["torch_dtype"] == "float32");
+    CHECK(cfg["rope_theta"].get<double>() == 5000.0);
+    CHECK(fsx::read_file(o.out_dir + "/tokenizer.json") == fsx::read_file(tok_path));
+    auto st = load_safetensors(o.out_dir + "/model.safetensors");
+    CHECK(st.metadata["format"] == "pt");
+    CHECK(st.tensors.count("model.embed_tokens.weight"));
+    CHECK(st.tensors.count("model.layers.1.mlp.down_proj.weight"));
+    CHECK(st.tensors.count("lm_head.weight") == (tied ? 0u : 1u));
+    CHECK(st.tensors.size() == model->named_parameters().size());
+    CHECK(torch::equal(st.tensors["model.layers.0.self_attn.k_proj.weight"],
+                       model->named_parameters()["layers.0.self_attn.k_proj.weight"].detach()));
+
+    // subq's logits on a fixed batch, for the Python side.
+    auto ids = torch::randint(0, vocab, {2, 13}, torch::kInt64);
+    torch::Tensor logits;
+    {
+      torch::NoGradGuard ng;
+      logits = model->forward(ids).to(torch::kFloat32).contiguous();
+    }
+    const std::string ref = (t.p / (std::string(tied ? "tied" : "untied") + "_ref.safetensors")).string();
+    save_safetensors(ref, {{"input_ids", ids}, {"logits", logits}});
+    cases.push_back(o.out_dir + ":" + ref);
+  }
+
+  const char* py = std::getenv("SUBQ_PYTHON");
+  std::string cmd = std::string(py ? py : "python3") + " '" + subq::test::source_dir() + "/scripts/check_hf_export.py'";
+  for (const auto& c : cases) cmd += " --case '" + c + "'";
+  auto r = run(cmd);
+  INFO(r.out);
+  if (r.rc == 3 || r.rc == 127) SUBQ_SKIP("transformers is not importable here: " << r.out);
+  CHECK(r.rc == 0);
+  std::istringstream lines(r.out);
+  std::string line;
+  int checked = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    auto j = nlohmann::json::parse(line);
+    INFO(line);
+    REQUIRE(j.contains("max_abs_diff"));
+    CHECK(j["max_abs_diff"].get<double>() < 1e-4);
+    CHECK(j["class"] == "LlamaForCausalLM");
+    CHECK(j["tokenizer_roundtrip"] == true);
+    CHECK(j["ok"] == true);
+    ++checked;
+  }
+  CHECK(checked == 2);
+}
+
+TEST_CASE("HF export refusals and folder safety", "[hf_export]") {
+  TempDir t;
+  torch::manual_seed(0);
+  auto cfg = tiny_config(64, false, 2);
+  auto model = models::create_model(cfg);
+  models::HfExportOptions o;
+  o.out_dir = (t.p / "out").string();
+
+  // Soft-capped logits have no Llama equivalent.
+  auto capped_cfg = cfg;
+  capped_cfg.logit_softcap = 30;
+  auto capped = models::create_model(capped_cfg);
+  try {
+    models::export_hf(*capped, nullptr, o);
+    FAIL("no error");
+  } catch (const InputError& e) {
+    CHECK(std::string(e.what()).find("soft-capping") != std::string::npos);
+  }
+  CHECK_FALSE(fs::exists(o.out_dir));
+
+  // An architecture without an exporter.
+  auto other = cfg;
+  other.arch = "mamba2";
+  Unexported u(other);
+  try {
+    models::export_hf(u, nullptr, o);
+    FAIL("no error");
+  } catch (const InputError& e) {
+    std::string w = e.what();
+    CHECK(w.find("mamba2") != std::string::npos);
+    CHECK(w.find("transformer") != std::string::npos);  // lists what exists
+  }
+  CHECK(models::find_hf_exporter("transformer") != nullptr);
+  CHECK(models::find_hf_exporter("mamba2") == nullptr);
+
+  // No tokenizer: no tokenizer files, null ids. bf16 weights.
+  o.dtype = torch::kBFloat16;
+  models::export_hf(*model, nullptr, o);
+  CHECK_FALSE(fs::exists(t.p / "out/tokenizer.json"));
+  auto c = nlohmann::json::parse(fsx::read_file(o.out_dir + "/config.json"));
+  CHECK(c["torch_dtype"] == "bfloat16");
+  CHECK(c["eos_token_id"].is_null());
+  CHECK(load_safetensors(o.out_dir + "/model.safetensors").tensors["model.norm.weight"].dtype() == torch::kBFloat16);
+
+  // An existing non-empty folder is kept unless overwrite; overwrite replaces it and leaves no temporaries.
+  o.dtype = torch::kFloat32;
+  CHECK_THROWS_AS(models::export_hf(*model, nullptr, o), UsageError);
+  CHECK(nlohmann::json::parse(fsx::read_file(o.out_dir + "/config.json"))["torch_dtype"] == "bfloat16");
+  o.overwrite = true;
+  models::export_hf(*model, nullptr, o);
+  CHECK(nlohmann::json::parse(fsx::read_file(o.out_dir + "/config.json"))["torch_dtype"] == "float32");
+  size_t entries = 0;
+  for (auto& e : fs::directory_iterator(t.p)) {
+    (void)e;
+    ++entries;
+  }
+  CHECK(entries == 1);
+
+  // A tokenizer larger than the model's vocabulary is the wrong tokenizer.
+  auto tok = tiny_tokenizer();
+  CHECK_THROWS_AS(models::export_hf(*model, &tok, o), InputError);
+}
