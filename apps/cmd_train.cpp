@@ -1,15 +1,47 @@
-// cmd_train.cpp — `subq train --config FILE [--set k=v ...]`: resolve the config, open the run directory
-// (resolved config, run.json, log), then run the trainer.
+// cmd_train.cpp — `subq train --config FILE [--set k=v ...] [--dry-run]`: resolve the config (model.vocab_size
+// from the tokenizer when 0), open the run directory (resolved config, run.json, log), build the training
+// loader and the held-out pass, and run the trainer (which resumes from the run's newest checkpoint when
+// run.resume = auto).
+//
+// SIGINT / SIGTERM ask the trainer to stop after the current step: it writes a checkpoint and the command
+// exits with status 1 ("interrupted"; the same command resumes). A second signal kills the process at once.
+#include <csignal>
+#include <filesystem>
+
 #include "apps/cli.h"
+#include "subq/core/device.h"
 #include "subq/core/log.h"
 #include "subq/core/run_config.h"
 #include "subq/core/run_dir.h"
+#include "subq/train/lm_data.h"
+#include "subq/train/trainer.h"
 
 namespace subq::cli {
 
 namespace {
+
+extern "C" void on_stop_signal(int sig) {
+  if (train::stop_requested()) {  // second signal: give up at once
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  train::request_stop();
+}
+
+// Installs the stop handlers for its lifetime.
+struct StopSignals {
+  using handler = void (*)(int);
+  handler old_int, old_term;
+  StopSignals() : old_int(std::signal(SIGINT, on_stop_signal)), old_term(std::signal(SIGTERM, on_stop_signal)) {}
+  ~StopSignals() {
+    std::signal(SIGINT, old_int);
+    std::signal(SIGTERM, old_term);
+  }
+};
+
 void add_train_command(CLI::App& app, Context& ctx) {
-  auto* cmd = app.add_subcommand("train", "train a model from a YAML config");
+  auto* cmd = app.add_subcommand("train", "train a model from a YAML config (resumes the run's latest checkpoint)");
   struct Opts {
     std::string config;
     std::vector<std::string> sets;
@@ -23,10 +55,22 @@ void add_train_command(CLI::App& app, Context& ctx) {
     ctx.action = [&ctx] {
       RunConfig cfg = load_run_config(o.config, o.sets);
       log::set_level(cfg.run.log_level);
+      if (o.dry_run && cfg.model.vocab_size == 0 && !cfg.data.tokenizer.empty() &&
+          !std::filesystem::exists(cfg.data.tokenizer)) {
+        log::warn(str("model.vocab_size stays 0 in the dry run: data.tokenizer ", cfg.data.tokenizer,
+                      " does not exist yet (run `subq prepare code`)"));
+      } else {
+        train::resolve_vocab_size(cfg);
+      }
       RunDir rd = open_run_dir(cfg, ctx.argv);
       log::info(str("run directory: ", rd.path, " (resolved config: ", rd.config_path(), ")"));
       if (o.dry_run) return 0;
-      throw RuntimeError("the training loop is not part of this build yet (use --dry-run to check a config)");
+      const torch::Device device = resolve_device(cfg.run.device);
+      train::LmData data = train::open_lm_data(cfg, device, /*with_train=*/true, /*with_val=*/true);
+      if (!data.val) log::info("data.val is \"\": no held-out evaluation during training");
+      StopSignals signals;
+      train::TrainResult r = train::train(cfg, rd, {data.train.get(), data.evaluator()});
+      return r.finished ? 0 : 1;
     };
   });
 }

@@ -81,6 +81,9 @@ TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& 
   const auto launch_start = clock_type::now();
   const auto& tc = cfg.train;
 
+  if (cfg.data.seq_len > cfg.model.max_seq_len)
+    throw ConfigError(str("data.seq_len = ", cfg.data.seq_len, " exceeds model.max_seq_len = ", cfg.model.max_seq_len,
+                          "; raise model.max_seq_len or lower data.seq_len"));
   if (cfg.run.threads > 0) at::set_num_threads(static_cast<int>(cfg.run.threads));
   const torch::Device device = resolve_device(cfg.run.device);
   const torch::ScalarType compute = resolve_dtype(cfg.run.dtype, device);

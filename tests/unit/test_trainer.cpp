@@ -48,6 +48,7 @@ subq::RunConfig tiny_run(const std::string& name) {
   c.run.seed = 3;
   c.run.device = "cpu";
   c.run.dtype = "fp32";
+  c.run.threads = 1;  // tiny models: threads only add synchronisation (and thrash on a shared machine)
   c.model.arch = "transformer";
   c.model.vocab_size = 32;
   c.model.d_model = 32;
