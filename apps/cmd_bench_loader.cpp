@@ -3,6 +3,7 @@
 // bottleneck. Prints one JSON object to stdout; nothing is asserted.
 #include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
@@ -37,6 +38,10 @@ void add_bench_loader(CLI::App& app, Context& ctx) {
       out["command"] = ctx.argv;
       out["commit"] = build_commit();
       out["date"] = utc_now_iso();
+      out["device"] = o.device;
+      out["cpu_threads"] = std::thread::hardware_concurrency();
+      out["seq_len"] = o.seq_len;
+      out["batch_size"] = o.batch_size;
       for (int64_t prefetch : {int64_t{0}, o.prefetch}) {
         data::LoaderOptions lo;
         lo.shards = o.shards;

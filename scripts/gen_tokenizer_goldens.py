@@ -14,6 +14,7 @@ Tokenizers (from ../shared/data/tokenizers, not committed):
   llama3_style   the same file with the Llama-3 regex (\\p{N}{1,3}) and ignore_merges=true
   gpt2           built from gpt2/encoder.json + vocab.bpe exactly as subq's from_gpt2_files: BPE, ByteLevel
                  pre-tokenizer (GPT-2 regex, no prefix space), ByteLevel decoder, <|endoftext|> special
+  gpt2_prefix_space  the same with ByteLevel(add_prefix_space=true) (cases and fuzz only, no code files)
 The C++ test (tests/unit/test_tokenizer.cpp) derives qwen3_plain and llama3_style the same way.
 
 Usage: python3 scripts/gen_tokenizer_goldens.py [--shared ../shared/data]
@@ -71,6 +72,33 @@ FUZZ_POOL = ["a", "b", "Z", "x", " ", " ", "  ", "\t", "\n", "\r", "\r\n", "'", 
              "ß", "İ", "ǅ", "\u0345", "\u0a3c", "ا", "ב", "\x00", "\x7f", "\ufeff", "ⅷ", "𝟙", "\u1100\u1161"]
 
 
+# Code points that stress NFC (marks of many combining classes, marks HF's older NFC data gives class 0,
+# Unicode 16 composites HF neither decomposes nor composes, Hangul jamo) for the second fuzz set.
+NFC_STRESS = [0x301, 0x316, 0x334, 0x327, 0x5B0, 0x5BC, 0x64B, 0x651, 0xE38, 0x302A, 0x3099, 0x309A, 0x7FD, 0x897,
+              0x1AC1, 0x1DFA, 0x16121, 0x1611E, 0x1611F, 0x16D68, 0x16D63, 0x105C9, 0x105D2, 0x307, 0x11938, 0x11935,
+              0x11930, 0x1100, 0x1161, 0x11A8, 0xAC00, 0x212B, 0x2126, 0xF900, 0x0958, 0x0344, 0x0F73, 0x1E9B, 0x323]
+
+
+def unicode_fuzz(rng, n):
+    """Strings of random assigned code points from all planes mixed with ASCII, spaces and NFC stressors."""
+    import unicodedata
+    def rand_cp():
+        while True:
+            c = rng.choice([rng.randint(0x80, 0x2FFF), rng.randint(0x3000, 0xFFFF), rng.randint(0x10000, 0x1FFFF),
+                            rng.randint(0x20000, 0x2FFFF)])
+            if not 0xD800 <= c <= 0xDFFF and unicodedata.category(chr(c)) != "Cn":
+                return chr(c)
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 16)):
+            r = rng.random()
+            parts.append(rand_cp() if r < 0.4 else chr(rng.choice(NFC_STRESS)) if r < 0.7 else
+                         rng.choice(["a", "Z", " ", "  ", "\n", "\t", "'s", "1", "23", ".", "<|endoftext|>"]))
+        out.append("".join(parts))
+    return out
+
+
 def code_excerpts():
     roots = {"stdlib": sysconfig.get_paths()["stdlib"], "cxx": "/usr/include/c++/12"}
     os.makedirs(os.path.join(OUT, "code"), exist_ok=True)
@@ -105,6 +133,9 @@ def build_tokenizers(shared):
     gpt2.decoder = decoders.ByteLevel()
     gpt2.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
     toks["gpt2"] = gpt2
+    aps = Tokenizer.from_str(gpt2.to_str())
+    aps.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    toks["gpt2_prefix_space"] = aps
     return toks
 
 
@@ -116,6 +147,7 @@ def main():
     toks = build_tokenizers(args.shared)
     rng = random.Random(1234)
     fuzz = ["".join(rng.choice(FUZZ_POOL) for _ in range(rng.randint(1, 24))) for _ in range(150)]
+    fuzz += unicode_fuzz(rng, 150)
 
     out = {"tokenizers_version": __import__("tokenizers").__version__, "code_files": files,
            "cases": CASES, "fuzz": fuzz, "results": {}}
@@ -124,7 +156,7 @@ def main():
         for cname, text in CASES.items():
             enc = tok.encode(text, add_special_tokens=False)
             res["cases"][cname] = {"ids": enc.ids, "decoded": tok.decode(enc.ids, skip_special_tokens=False)}
-        for fname in files:
+        for fname in (files if tname != "gpt2_prefix_space" else []):
             with open(os.path.join(OUT, "code", fname), encoding="utf-8", newline="") as f:
                 text = f.read()
             ids = tok.encode(text, add_special_tokens=False).ids

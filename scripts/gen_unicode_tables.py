@@ -17,7 +17,7 @@ and 120 numbers added since. So this script uses the `unicodedata2` backport pin
 
 HF's NFC normaliser (crate unicode-normalization-alignments) carries OLDER normalisation data than its
 regexes: combining marks added to Unicode in recent versions (e.g. U+07FD, U+0897..) have combining
-class 0 there, and some newer canonical compositions are not applied. With --hf-compat (default when
+class 0 there, and newer precomposed characters (e.g. U+16121) are neither decomposed nor composed. With --hf-compat (default when
 `tokenizers` is importable) the script probes HF's NFC and emits those code points / pairs as
 "legacy" lists, which subq applies so that it normalises exactly like HF. --check-hf also verifies
 the \\p{L}, \\p{N} and \\s sets against HF's Oniguruma for every code point and prints differences.
@@ -96,12 +96,13 @@ def main():
             unstable.append((c, 1))
     unstable_ranges = ranges_of(unstable)
 
-    legacy_ccc0, legacy_nopair = [], []
+    legacy_ccc0, legacy_nopair, legacy_nodecomp = [], [], []
     hf = None
     if not args.no_hf_compat:
         try:
             from tokenizers import normalizers
             hf = normalizers.NFC()
+            hf_nfd = normalizers.NFD()
         except ImportError:
             print("gen_unicode_tables: tokenizers not importable: no HF legacy NFC data", file=sys.stderr)
     if hf is not None:
@@ -111,6 +112,9 @@ def main():
             probes = ["a" + chr(c) + "\u0301", chr(c) + "\u0301\u0316", "a\u0316" + chr(c)]
             if any(hf.normalize_str(p) != ud.normalize("NFC", p) for p in probes):
                 legacy_ccc0.append(c)
+        for c in sorted(decomp):
+            if hf_nfd.normalize_str(chr(c)) != ud.normalize("NFD", chr(c)):
+                legacy_nodecomp.append(c)
         for (a, b), c in sorted(pairs.items()):
             if b in legacy_ccc0:
                 continue
@@ -179,13 +183,19 @@ def main():
     emit_wrapped(w, [f"{{0x{a:X},0x{b:X},0x{pairs[(a, b)]:X}}}" for a, b in legacy_nopair] or ["{0,0,0}"])
     w("};")
     w(f"const size_t kHfLegacyNoComposeCount = {len(legacy_nopair)};")
+    w("// characters HF's NFC does not decompose (it has no decomposition data for them)")
+    w("const uint32_t kHfLegacyNoDecompose[] = {")
+    emit_wrapped(w, [f"0x{c:X}" for c in legacy_nodecomp] or ["0"])
+    w("};")
+    w(f"const size_t kHfLegacyNoDecomposeCount = {len(legacy_nodecomp)};")
     w("")
     w("}  // namespace subq::data::unicode::tables")
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print(f"gen_unicode_tables: wrote {args.out}: Unicode {ud.unidata_version}, {len(cat_ranges)} category ranges, "
           f"{len(decomp)} decompositions, {len(pairs)} compositions, {len(unstable_ranges)} NFC-unstable ranges, "
-          f"HF legacy: {len(legacy_ccc0)} class-0 marks, {len(legacy_nopair)} uncomposed pairs")
+          f"HF legacy: {len(legacy_ccc0)} class-0 marks, {len(legacy_nopair)} uncomposed pairs, "
+          f"{len(legacy_nodecomp)} undecomposed characters")
 
 
 def emit_wrapped(w, items, width=110):

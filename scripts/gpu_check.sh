@@ -13,16 +13,23 @@ BUILD=${SUBQ_BUILD_DIR:-build-gpu}
 summary="$OUT/summary.txt"
 : > "$summary"
 status=0
-step() {  # step NAME CMD... : runs CMD with its output in $OUT/NAME.log, records ok/FAIL and the time
+# Every step's output goes to $OUT/check.log (one file: the device tool returns only a few files).
+log="$OUT/check.log"
+: > "$log"
+step() {  # step NAME CMD... : runs CMD, appends its output to check.log, records ok/FAIL and the time
   local name=$1; shift
   local t0=$SECONDS
-  if "$@" > "$OUT/$name.log" 2>&1; then
+  echo "===== $name: $*" >> "$log"
+  if "$@" > "$OUT/.step.log" 2>&1; then
     echo "ok    $name ($((SECONDS - t0)) s)" | tee -a "$summary"
   else
-    echo "FAIL  $name ($((SECONDS - t0)) s): see $name.log" | tee -a "$summary"
-    tail -40 "$OUT/$name.log"
+    echo "FAIL  $name ($((SECONDS - t0)) s): see check.log" | tee -a "$summary"
+    grep -E "error|FAILED|Failed|failed" "$OUT/.step.log" | head -30
     status=1
   fi
+  cat "$OUT/.step.log" >> "$log"
+  LAST_LOG=$(cat "$OUT/.step.log")
+  rm -f "$OUT/.step.log"
 }
 # A copied tree has no .git: SUBQ_BUILD_COMMIT (set by the caller) names the commit instead.
 export SUBQ_BUILD_COMMIT=${SUBQ_BUILD_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
@@ -32,12 +39,12 @@ step setup env SUBQ_SKIP_APT=1 scripts/setup.sh
 step build env SUBQ_NO_SETUP=1 SUBQ_BUILD_DIR="$BUILD" SUBQ_CMAKE_ARGS="-DSUBQ_CUDA=ON -DSUBQ_CUDA_ARCHS=90a ${SUBQ_CMAKE_ARGS:-}" scripts/build.sh
 if [ -x "$BUILD/apps/subq" ]; then
   step version "$BUILD/apps/subq" version
-  cat "$OUT/version.log" >> "$summary"
+  echo "$LAST_LOG" >> "$summary"
   step tests ctest --test-dir "$BUILD" -L "cpu|gpu" --output-on-failure -j 8
-  grep -E "tests passed|tests failed" "$OUT/tests.log" | tee -a "$summary"
+  echo "$LAST_LOG" | grep -E "tests passed|tests failed|^\s+[0-9]+ - " | tee -a "$summary"
   if [ -x scripts/gpu_smoke.sh ]; then
     step smoke env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_smoke.sh
-    tail -5 "$OUT/smoke.log" >> "$summary"
+    echo "$LAST_LOG" | tail -3 >> "$summary"
   fi
 fi
 echo "status: $([ $status = 0 ] && echo PASS || echo FAIL)" | tee -a "$summary"

@@ -14,6 +14,5 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 "$SUBQ" eval --run "$WORK/runs/smoke" | tee "$OUT/smoke-eval.json"
 "$SUBQ" generate --run "$WORK/runs/smoke" --prompt "import os" --max-new-tokens 64 --seed 0
 "$SUBQ" plot "$WORK/runs/smoke" --out "$OUT/smoke-report.html"
-cp "$WORK/runs/smoke/metrics.jsonl" "$OUT/smoke-metrics.jsonl"
 "$SUBQ" bench train --config configs/code/transformer-340m.yaml --steps ${SUBQ_BENCH_STEPS:-20} \
   --warmup 5 --out "$OUT/bench-train-transformer-340m-h200.json"

@@ -2,12 +2,20 @@
 // SUBQ_SKIP(msg) skips the rest of a test with a message on both (v2 has no SKIP: it warns and returns).
 #pragma once
 
+#include <string>
+
 #if __has_include(<catch2/catch_test_macros.hpp>)
 #include <catch2/catch_approx.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 using Catch::Approx;
 #define SUBQ_SKIP(msg) SKIP(msg)
+// v2's string matcher name, so tests can use Catch::Matchers::Contains on both versions
+namespace Catch::Matchers {
+inline StringContainsMatcher Contains(const std::string& str, CaseSensitive cs = CaseSensitive::Yes) {
+  return ContainsSubstring(str, cs);
+}
+}  // namespace Catch::Matchers
 #else
 #include <catch2/catch.hpp>
 #define SUBQ_SKIP(msg)        \

@@ -8,7 +8,7 @@
 //   3. ByteLevel's add_prefix_space, then the regex pre-tokenizer cuts pieces (tokenizer_pretokenize.cpp);
 //   4. each piece's bytes are merged by BPE (lowest merge rank first, leftmost on ties — the order of HF's
 //      priority queue), or taken whole when ignore_merges and the piece is a vocabulary token.
-// Pieces of up to 64 bytes are cached per thread (a flat open-addressing table of 128k slots, ~3 MB,
+// Pieces of up to 64 bytes are cached per thread (a flat open-addressing table of 128k 12-byte slots,
 // cleared when half full): source code repeats its words, so most pieces skip BPE. Caches are
 // thread_local and keyed by the tokenizer's serial number (the last 4 tokenizers a thread used keep
 // theirs), so encode() is safe to call from many threads on one Tokenizer without locks.
@@ -112,7 +112,9 @@ uint64_t hash_bytes(std::string_view s) {
   return h;
 }
 
-// Per-thread cache of piece -> ids.
+// Per-thread cache of piece -> ids. Slots are 12 bytes (a 32-bit hash tag, the entry's offset and
+// lengths) so the table stays small enough for the L2 cache; an entry's key bytes and ids sit next to
+// each other in one arena, so a hit costs two memory accesses.
 class WordCache {
  public:
   static constexpr size_t kMaxKey = 64;
@@ -122,55 +124,52 @@ class WordCache {
     owner_ = owner;
     clear();
   }
-  const int32_t* find(std::string_view key, uint64_t h, uint32_t& n) const {
-    if (slots_.empty()) return nullptr;
-    size_t i = h & mask_;
+  // Appends the cached ids of `key` to `out`; false when absent.
+  bool find(std::string_view key, uint64_t h, std::vector<int32_t>& out) const {
+    if (slots_.empty()) return false;
+    uint32_t tag = tag_of(h);
+    size_t i = h & kMask;
     for (;;) {
       const Slot& s = slots_[i];
-      if (!s.used) return nullptr;
-      if (s.hash == h && s.key_len == key.size() && std::memcmp(keys_.data() + s.key_off, key.data(), key.size()) == 0) {
-        n = s.ids_len;
-        return ids_.data() + s.ids_off;
+      if (s.tag == 0) return false;
+      if (s.tag == tag && s.key_len == key.size() && std::memcmp(arena_.data() + s.off, key.data(), key.size()) == 0) {
+        size_t old = out.size();
+        out.resize(old + s.ids_len);
+        std::memcpy(out.data() + old, arena_.data() + s.off + key.size(), s.ids_len * sizeof(int32_t));
+        return true;
       }
-      i = (i + 1) & mask_;
+      i = (i + 1) & kMask;
     }
   }
   void insert(std::string_view key, uint64_t h, const int32_t* ids, size_t n) {
     if (slots_.empty()) slots_.resize(kSlots);
-    if (count_ * 2 >= kSlots || keys_.size() > (64u << 20)) clear();
-    size_t i = h & mask_;
-    while (slots_[i].used) i = (i + 1) & mask_;
-    Slot& s = slots_[i];
-    s.used = true;
-    s.hash = h;
-    s.key_off = static_cast<uint32_t>(keys_.size());
-    s.key_len = static_cast<uint16_t>(key.size());
-    s.ids_off = static_cast<uint32_t>(ids_.size());
-    s.ids_len = static_cast<uint16_t>(n);
-    keys_.append(key);
-    ids_.insert(ids_.end(), ids, ids + n);
+    if (count_ * 2 >= kSlots || arena_.size() > (64u << 20)) clear();
+    size_t i = h & kMask;
+    while (slots_[i].tag != 0) i = (i + 1) & kMask;
+    slots_[i] = Slot{tag_of(h), static_cast<uint32_t>(arena_.size()), static_cast<uint16_t>(key.size()),
+                     static_cast<uint16_t>(n)};
+    arena_.append(key);
+    arena_.append(reinterpret_cast<const char*>(ids), n * sizeof(int32_t));
     ++count_;
   }
 
  private:
   static constexpr size_t kSlots = size_t(1) << 17;
-  static constexpr size_t mask_ = kSlots - 1;
+  static constexpr size_t kMask = kSlots - 1;
   struct Slot {
-    uint64_t hash = 0;
-    uint32_t key_off = 0, ids_off = 0;
+    uint32_t tag = 0;  // 0 = empty
+    uint32_t off = 0;
     uint16_t key_len = 0, ids_len = 0;
-    bool used = false;
   };
+  static uint32_t tag_of(uint64_t h) { return static_cast<uint32_t>(h >> 32) | 1u; }
   void clear() {
     if (!slots_.empty()) std::fill(slots_.begin(), slots_.end(), Slot{});
-    keys_.clear();
-    ids_.clear();
+    arena_.clear();
     count_ = 0;
   }
   uint64_t owner_ = 0;
   std::vector<Slot> slots_;
-  std::string keys_;
-  std::vector<int32_t> ids_;
+  std::string arena_;
   size_t count_ = 0;
 };
 
@@ -272,11 +271,7 @@ void encode_word(const Tokenizer::Impl& im, std::string_view w, std::vector<int3
   uint64_t h = 0;
   if (cacheable) {
     h = hash_bytes(w);
-    uint32_t n;
-    if (const int32_t* ids = st.cache->find(w, h, n)) {
-      out.insert(out.end(), ids, ids + n);
-      return;
-    }
+    if (st.cache->find(w, h, out)) return;
   }
   if (im.ignore_merges) {
     auto it = im.model_bytes.find(std::string(w));
@@ -359,24 +354,20 @@ void set_bpe_scan_limit(size_t n) { g_scan_limit.store(n); }
 // AddedVocabulary::find_matches; calls on_text(segment) and on_token(id) in order.
 template <typename OnText, typename OnToken>
 void split_added(const Tokenizer::Impl& im, std::string_view text, bool normalized_set, OnText on_text, OnToken on_token) {
-  const auto& first = normalized_set ? im.added_first_norm : im.added_first_raw;
+  const AddedTrie& trie = normalized_set ? im.added_norm : im.added_raw;
   size_t start_offset = 0, pos = 0, n = text.size();
   while (pos < n) {
-    const auto& cands = first[static_cast<unsigned char>(text[pos])];
-    const AddedToken* hit = nullptr;
-    for (int32_t k : cands) {  // sorted longest first
-      const AddedToken& t = im.added[k];
-      const std::string& pat = normalized_set ? im.added_norm_content[k] : t.content;
-      if (pat.size() <= n - pos && std::memcmp(text.data() + pos, pat.data(), pat.size()) == 0) {
-        hit = &t;
-        break;
-      }
-    }
-    if (!hit) {
+    if (!trie.may_start(static_cast<unsigned char>(text[pos]))) {
       ++pos;
       continue;
     }
-    size_t plen = normalized_set ? im.added_norm_content[hit - im.added.data()].size() : hit->content.size();
+    size_t plen = 0;
+    int32_t k = trie.longest(text, pos, plen);
+    if (k < 0) {
+      ++pos;
+      continue;
+    }
+    const AddedToken* hit = &im.added[k];
     size_t start = pos, stop = pos + plen;
     pos = stop;
     if (hit->single_word && (ends_with_word(text, start) || starts_with_word(text, stop))) continue;
@@ -515,9 +506,8 @@ void Tokenizer::Impl::finalize() {
   merge_table.build(merges, results);
 
   added_vocab.clear();
-  for (auto& f : added_first_raw) f.clear();
-  for (auto& f : added_first_norm) f.clear();
-  added_norm_content.assign(added.size(), std::string());
+  added_raw.clear();
+  added_norm.clear();
   has_raw_added = has_normalized_added = false;
   for (size_t k = 0; k < added.size(); ++k) {
     const auto& t = added[k];
@@ -525,23 +515,13 @@ void Tokenizer::Impl::finalize() {
     if (t.special) special[t.id] = 1;
     if (t.content.empty()) continue;
     if (t.normalized) {
-      added_norm_content[k] = nfc ? unicode::nfc(t.content) : t.content;
-      added_first_norm[static_cast<unsigned char>(added_norm_content[k][0])].push_back(static_cast<int32_t>(k));
+      added_norm.insert(nfc ? unicode::nfc(t.content) : t.content, static_cast<int32_t>(k));
       has_normalized_added = true;
     } else {
-      added_first_raw[static_cast<unsigned char>(t.content[0])].push_back(static_cast<int32_t>(k));
+      added_raw.insert(t.content, static_cast<int32_t>(k));
       has_raw_added = true;
     }
   }
-  auto by_length = [this](std::vector<int32_t>& v, bool norm) {
-    std::stable_sort(v.begin(), v.end(), [&](int32_t a, int32_t b) {
-      size_t la = norm ? added_norm_content[a].size() : added[a].content.size();
-      size_t lb = norm ? added_norm_content[b].size() : added[b].content.size();
-      return la > lb;
-    });
-  };
-  for (auto& f : added_first_raw) by_length(f, false);
-  for (auto& f : added_first_norm) by_length(f, true);
 }
 
 }  // namespace subq::data

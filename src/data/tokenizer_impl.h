@@ -74,6 +74,59 @@ class MergeTable {
   size_t mask_ = 0;
 };
 
+// Byte trie of added-token patterns: the longest pattern starting at a position, in O(its length)
+// whatever the number of added tokens (Llama-3 has 256 reserved ones, all starting with "<|").
+class AddedTrie {
+ public:
+  void clear() {
+    nodes_.assign(1, Node{});
+    first_.fill(false);
+  }
+  // The first pattern inserted wins over a later identical one.
+  void insert(std::string_view pattern, int32_t index) {
+    if (pattern.empty()) return;
+    first_[static_cast<unsigned char>(pattern[0])] = true;
+    int32_t cur = 0;
+    for (unsigned char b : pattern) {
+      int32_t nxt = child(cur, b);
+      if (nxt < 0) {
+        nxt = static_cast<int32_t>(nodes_.size());
+        nodes_[cur].next.emplace_back(b, nxt);
+        nodes_.emplace_back();
+      }
+      cur = nxt;
+    }
+    if (nodes_[cur].index < 0) nodes_[cur].index = index;
+  }
+  bool may_start(unsigned char b) const { return first_[b]; }
+  // Index of the longest pattern at text[pos..] (its length in len), or -1.
+  int32_t longest(std::string_view text, size_t pos, size_t& len) const {
+    int32_t cur = 0, best = -1;
+    for (size_t i = pos; i < text.size(); ++i) {
+      cur = child(cur, static_cast<unsigned char>(text[i]));
+      if (cur < 0) break;
+      if (nodes_[cur].index >= 0) {
+        best = nodes_[cur].index;
+        len = i + 1 - pos;
+      }
+    }
+    return best;
+  }
+
+ private:
+  struct Node {
+    std::vector<std::pair<unsigned char, int32_t>> next;
+    int32_t index = -1;
+  };
+  int32_t child(int32_t node, unsigned char b) const {
+    for (const auto& [c, n] : nodes_[node].next)
+      if (c == b) return n;
+    return -1;
+  }
+  std::vector<Node> nodes_{1};
+  std::array<bool, 256> first_{};
+};
+
 struct PretokConfig {
   std::optional<RegexKind> regex;  // none: the whole text is one piece (ByteLevel with use_regex=false)
   bool add_prefix_space = false;   // ByteLevel's add_prefix_space
@@ -102,10 +155,9 @@ struct Tokenizer::Impl {
   std::vector<detail::AddedToken> added;
   std::unordered_map<std::string, int32_t> added_vocab;  // content -> id
   std::vector<uint8_t> special;                          // id -> 1 for special added tokens
-  // added-token matching: indices into `added` by first byte, longest first; normalized=true tokens
-  // match their normalised content
-  std::array<std::vector<int32_t>, 256> added_first_raw, added_first_norm;
-  std::vector<std::string> added_norm_content;
+  // added-token matching (values: indices into `added`); normalized=true tokens match their
+  // normalised content
+  detail::AddedTrie added_raw, added_norm;
   bool has_raw_added = false, has_normalized_added = false;
   std::string post_processor_json = "null";              // kept verbatim for to_json()
   uint64_t serial = 0;                                   // identifies this instance for word caches

@@ -26,7 +26,7 @@ struct Tables {
   std::vector<uint16_t> stage2;  // blocks of 256 entries
   std::unordered_map<uint64_t, uint32_t> compose;         // (first << 21 | second) -> composite
   std::unordered_map<uint64_t, uint32_t> compose_legacy;  // the same minus HF-legacy pairs
-  std::unordered_set<uint32_t> legacy_ccc0;
+  std::unordered_set<uint32_t> legacy_ccc0, legacy_nodecomp;
 
   Tables() {
     std::vector<uint16_t> full(0x110000, 0);
@@ -68,6 +68,7 @@ struct Tables {
     }
 
     for (size_t i = 0; i < tables::kHfLegacyCcc0Count; ++i) legacy_ccc0.insert(tables::kHfLegacyCcc0[i]);
+    for (size_t i = 0; i < tables::kHfLegacyNoDecomposeCount; ++i) legacy_nodecomp.insert(tables::kHfLegacyNoDecompose[i]);
     std::unordered_set<uint64_t> no_compose;
     for (size_t i = 0; i < tables::kHfLegacyNoComposeCount; ++i) {
       const auto& p = tables::kHfLegacyNoCompose[i];
@@ -104,7 +105,7 @@ uint8_t ccc_of(uint32_t cp, bool hf) {
   return it->ccc;
 }
 
-void decompose(uint32_t cp, std::vector<uint32_t>& out) {
+void decompose(uint32_t cp, std::vector<uint32_t>& out, bool hf) {
   if (cp >= kSBase && cp < kSBase + kSCount) {
     uint32_t s = cp - kSBase;
     out.push_back(kLBase + s / kNCount);
@@ -115,12 +116,12 @@ void decompose(uint32_t cp, std::vector<uint32_t>& out) {
   const auto* begin = tables::kDecompositions;
   const auto* end = begin + tables::kDecompositionCount;
   auto it = std::lower_bound(begin, end, cp, [](const Decomposition& d, uint32_t c) { return d.cp < c; });
-  if (it == end || it->cp != cp) {
+  if (it == end || it->cp != cp || (hf && T().legacy_nodecomp.count(cp))) {
     out.push_back(cp);
     return;
   }
-  decompose(it->d0, out);
-  if (it->d1) decompose(it->d1, out);
+  decompose(it->d0, out, hf);
+  if (it->d1) decompose(it->d1, out, hf);
 }
 
 bool compose_pair(uint32_t a, uint32_t b, bool hf, uint32_t& out) {
@@ -188,7 +189,7 @@ std::string nfc(std::string_view s, bool hf) {
   while (p < end) {
     uint32_t cp;
     p += decode_utf8(p, end, cp);
-    decompose(cp, d);
+    decompose(cp, d, hf);
   }
   // canonical ordering: stable sort of each run of non-starters by combining class
   std::vector<uint8_t> cc(d.size());

@@ -11,7 +11,8 @@
 //    (HF only accepts valid strings, so there is nothing to be compatible with.)
 //  * NFC follows UAX #15 (decompose, canonical reordering, canonical composition with Hangul done
 //    algorithmically). With hf_compat it applies the HF-legacy lists from the generator: combining marks
-//    that HF's older normalisation data gives class 0, and compositions it does not perform.
+//    that HF's older normalisation data gives class 0, and the newer characters it neither decomposes
+//    nor composes.
 #pragma once
 
 #include <cstddef>
@@ -52,6 +53,8 @@ extern const uint32_t kHfLegacyCcc0[];
 extern const size_t kHfLegacyCcc0Count;
 extern const Composition kHfLegacyNoCompose[];
 extern const size_t kHfLegacyNoComposeCount;
+extern const uint32_t kHfLegacyNoDecompose[];
+extern const size_t kHfLegacyNoDecomposeCount;
 }  // namespace tables
 
 // Pseudo code points for invalid UTF-8 bytes: kInvalidBase + byte (outside Unicode's range).

@@ -1506,5 +1506,11 @@ const Composition kHfLegacyNoCompose[] = {
   {0x16D69,0x16D67,0x16D6A},
 };
 const size_t kHfLegacyNoComposeCount = 21;
+// characters HF's NFC does not decompose (it has no decomposition data for them)
+const uint32_t kHfLegacyNoDecompose[] = {
+  0x105C9, 0x105E4, 0x11383, 0x11385, 0x1138E, 0x11391, 0x113C5, 0x113C7, 0x113C8, 0x11938, 0x16121, 0x16122,
+  0x16123, 0x16124, 0x16125, 0x16126, 0x16127, 0x16128, 0x16D68, 0x16D69, 0x16D6A,
+};
+const size_t kHfLegacyNoDecomposeCount = 21;
 
 }  // namespace subq::data::unicode::tables

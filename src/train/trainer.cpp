@@ -261,6 +261,7 @@ TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& 
       metrics.write(rec);
       log::debug(rec.dump());
       progress.set_postfix(str("loss ", fixed(loss_avg, 4), " | lr ", sci(lr), " | ", human_count(last_tok_s), " tok/s"));
+      log::flush();  // keep train.log current (the file sink otherwise flushes on warnings only)
       iv_loss = iv_time = iv_data = 0;
       iv_steps = iv_tokens = 0;
     }

@@ -1,7 +1,7 @@
 // test_tokenizer.cpp — subq's byte-level BPE tokenizer against Hugging Face `tokenizers`.
 //
 // Goldens (tests/data/tokenizer/goldens.json, from scripts/gen_tokenizer_goldens.py) hold HF's ids and
-// decodes for real code excerpts, hard Unicode, added tokens and 150 random strings, for Qwen3, Qwen3
+// decodes for real code excerpts, hard Unicode, added tokens and 300 random strings (half of them over all of Unicode), for Qwen3, Qwen3
 // without added tokens, a Llama-3-style variant of Qwen3 and GPT-2. The tokenizer files themselves come
 // from ../shared/data (not committed): those tests skip when it is absent. Training tests build their
 // own corpus; the HF-compatibility check of a trained tokenizer runs python3 + tokenizers when present.
@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -18,6 +19,7 @@
 #include "subq/core/error.h"
 #include "subq/core/fs.h"
 #include "data/tokenizer_impl.h"
+#include "data/unicode.h"
 #include "subq/data/tokenizer.h"
 #include "subq_catch.h"
 
@@ -46,7 +48,7 @@ const std::string kLlama3Re =
 
 // The tokenizers of the goldens, built as scripts/gen_tokenizer_goldens.py builds them.
 struct Loaded {
-  std::optional<Tokenizer> qwen3, qwen3_plain, llama3_style, gpt2;
+  std::optional<Tokenizer> qwen3, qwen3_plain, llama3_style, gpt2, gpt2_prefix_space;
 };
 const Loaded& loaded() {
   static const Loaded l = [] {
@@ -64,6 +66,9 @@ const Loaded& loaded() {
     j["model"]["ignore_merges"] = true;
     r.llama3_style = Tokenizer::from_json(j.dump(), "llama3_style");
     r.gpt2 = Tokenizer::from_gpt2_files(dir + "/gpt2/encoder.json", dir + "/gpt2/vocab.bpe");
+    json g = json::parse(r.gpt2->to_json());
+    g["pre_tokenizer"]["add_prefix_space"] = true;
+    r.gpt2_prefix_space = Tokenizer::from_json(g.dump(), "gpt2_prefix_space");
     return r;
   }();
   return l;
@@ -74,6 +79,7 @@ const Tokenizer& by_name(const std::string& name) {
   if (name == "qwen3") return *l.qwen3;
   if (name == "qwen3_plain") return *l.qwen3_plain;
   if (name == "llama3_style") return *l.llama3_style;
+  if (name == "gpt2_prefix_space") return *l.gpt2_prefix_space;
   return *l.gpt2;
 }
 
@@ -168,10 +174,10 @@ std::vector<std::string> training_corpus() {
 
 }  // namespace
 
-TEST_CASE("tokenizer: HF goldens (ids and decodes) for Qwen3, Llama-3 style and GPT-2", "[tokenizer]") {
+TEST_CASE("tokenizer: HF goldens (ids and decodes) for Qwen3, Llama-3 style and GPT-2 (+ prefix space)", "[tokenizer]") {
   if (tokenizers_dir().empty()) SUBQ_SKIP("../shared/data is absent: no tokenizer files to compare with HF goldens");
   const json& g = goldens();
-  for (const std::string name : {"qwen3", "qwen3_plain", "llama3_style", "gpt2"}) {
+  for (const std::string name : {"qwen3", "qwen3_plain", "llama3_style", "gpt2", "gpt2_prefix_space"}) {
     const Tokenizer& tok = by_name(name);
     const json& res = g["results"][name];
     bool allow_special = name != "qwen3_plain";
@@ -371,6 +377,25 @@ TEST_CASE("tokenizer: added-token flags lstrip, rstrip, single_word, normalized"
   CHECK(t.encode("(xy)")[1] == next + 1);
 }
 
+TEST_CASE("tokenizer: added tokens match leftmost, then longest, among many", "[tokenizer]") {
+  json j = tiny_tokenizer();
+  int base = j["added_tokens"][0]["id"].get<int>() + 1;
+  for (int k = 0; k < 300; ++k)  // like Llama-3's reserved tokens: a shared "<|" prefix
+    j["added_tokens"].push_back({{"id", base + k}, {"content", "<|r" + std::to_string(k) + "|>"}, {"special", true},
+                                 {"normalized", false}});
+  int a = base + 300;
+  j["added_tokens"].push_back({{"id", a}, {"content", "<|a|>"}, {"special", true}, {"normalized", false}});
+  j["added_tokens"].push_back({{"id", a + 1}, {"content", "<|a|>b"}, {"special", true}, {"normalized", false}});
+  j["added_tokens"].push_back({{"id", a + 2}, {"content", "|a"}, {"special", false}, {"normalized", false}});
+  Tokenizer t = Tokenizer::from_json(j.dump(), "many");
+  int32_t c = t.encode("c")[0], x = t.encode("x")[0], lt = t.encode("<")[0];
+  CHECK(t.encode("<|a|>bc") == std::vector<int32_t>{a + 1, c});          // longest at the same start
+  CHECK(t.encode("<|a|>c") == std::vector<int32_t>{a, c});
+  CHECK(t.encode("<|r299|>x<|r7|>") == std::vector<int32_t>{base + 299, x, base + 7});
+  CHECK(t.encode("<|ax") == std::vector<int32_t>{lt, a + 2, x});        // leftmost: "|a" starts before nothing longer
+  CHECK(t.decode(t.encode("x<|r12|><|a|>b"), true) == "x");
+}
+
 TEST_CASE("tokenizer: training is deterministic and HF loads the result identically", "[tokenizer][train]") {
   auto texts = training_corpus();
   BpeTrainOptions o;
@@ -445,4 +470,114 @@ TEST_CASE("tokenizer: training options are validated", "[tokenizer][train]") {
   Tokenizer t = subq::data::train_bpe_texts({"ab ab ab cd"}, o);
   CHECK(t.vocab_size() < 300);
   CHECK(t.decode(t.encode("ab ab cd")) == "ab ab cd");
+}
+
+TEST_CASE("unicode: categories, NFC, UTF-8 repair (no tokenizer files needed)", "[tokenizer][unicode]") {
+  namespace u = subq::data::unicode;
+  CHECK(std::string(u::unicode_version()) == "16.0.0");
+  CHECK(u::category('A') == u::Lu);
+  CHECK(u::category(0x4E2D) == u::Lo);       // 中
+  CHECK(u::category(0x0301) == u::Mn);
+  CHECK(u::category(0x10D50) == u::Lu);      // GARAY CAPITAL LETTER A, new in Unicode 16
+  CHECK(u::category(0x0378) == u::Cn);       // unassigned
+  CHECK((u::classes(0x3000) & u::kSpace) != 0);
+  CHECK((u::classes(0x200B) & u::kSpace) == 0);  // zero width space is not White_Space
+  CHECK((u::classes(0x00BD) & u::kNumber) != 0);  // ½ is \p{N}
+  CHECK(u::combining_class(0x0301) == 230);
+  CHECK(u::nfc("e\xCC\x81") == "\xC3\xA9");                           // e + acute -> é
+  CHECK(u::nfc("a\xCC\xA3\xCC\x82") == "\xE1\xBA\xAD");               // a + dot below + circumflex -> ậ
+  CHECK(u::nfc("a\xCC\x82\xCC\xA3") == "\xE1\xBA\xAD");               // reordered first
+  CHECK(u::nfc("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8") == "\xEA\xB0\x81");  // Hangul jamo -> 각
+  CHECK(u::nfc("\xE2\x84\xAB") == "\xC3\x85");                        // Angstrom sign -> Å
+  CHECK(u::nfc("\xCC\x81" "a") == "\xCC\x81" "a");                    // leading mark stays
+  CHECK(u::nfc("x\xFF\xC3") == "x\xFF\xC3");                          // invalid bytes pass through
+  CHECK(u::nfc_quick_check("plain ascii and 中文"));
+  CHECK_FALSE(u::nfc_quick_check("e\xCC\x81"));
+  CHECK(u::utf8_lossy("ok \xC3\xA9") == "ok \xC3\xA9");
+  CHECK(u::utf8_lossy("\xC3") == "\xEF\xBF\xBD");
+  CHECK(u::utf8_lossy("\xF0\x9F\x98" "a") == "\xEF\xBF\xBD" "a");    // maximal subpart: one U+FFFD
+  CHECK(u::utf8_lossy("\xC0\xAF") == "\xEF\xBF\xBD\xEF\xBF\xBD");     // overlong: each byte
+  CHECK(u::utf8_lossy("\xF4\x90\x80\x80") == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+}
+
+TEST_CASE("bpe training equals a brute-force reference", "[tokenizer][train]") {
+  // The reference recounts every pair from scratch before each merge (no incremental bookkeeping) and
+  // takes the most frequent pair, ties to the smaller (left id, right id): what the heap must reproduce.
+  std::vector<std::string> texts = training_corpus();
+  texts.resize(4);
+  BpeTrainOptions o;
+  o.vocab_size = 450;
+  o.show_progress = false;
+  o.special_tokens = {"<|endoftext|>"};
+  Tokenizer t = subq::data::train_bpe_texts(texts, o);
+  json merges = json::parse(t.to_json())["model"]["merges"];
+
+  std::map<std::string, int64_t> counts;
+  subq::data::detail::PretokScratch scratch;
+  std::vector<std::pair<uint32_t, uint32_t>> pieces;
+  for (const auto& text : texts) {
+    size_t start = 0;
+    for (;;) {
+      size_t p = text.find("<|endoftext|>", start);
+      std::string_view seg = std::string_view(text).substr(start, p == std::string::npos ? std::string::npos : p - start);
+      pieces.clear();
+      subq::data::detail::pretokenize(subq::data::detail::RegexKind::gpt2, seg, pieces, scratch);
+      for (auto [a, b] : pieces) ++counts[std::string(seg.substr(a, b - a))];
+      if (p == std::string::npos) break;
+      start = p + 13;
+    }
+  }
+  std::vector<std::string> id_bytes{"<|endoftext|>"};  // id -> bytes
+  std::map<std::string, int32_t> ids;
+  std::vector<int> order(256);
+  for (int b = 0; b < 256; ++b) order[b] = b;
+  const auto& b2c = subq::data::detail::byte_to_char();
+  std::sort(order.begin(), order.end(), [&](int x, int y) { return b2c[x] < b2c[y]; });
+  for (int b : order) {
+    ids[std::string(1, static_cast<char>(b))] = static_cast<int32_t>(id_bytes.size());
+    id_bytes.push_back(std::string(1, static_cast<char>(b)));
+  }
+  std::vector<std::vector<int32_t>> words;
+  std::vector<int64_t> wc;
+  for (const auto& [w, c] : counts) {
+    std::vector<int32_t> s;
+    for (char ch : w) s.push_back(ids[std::string(1, ch)]);
+    words.push_back(s);
+    wc.push_back(c);
+  }
+  std::vector<std::pair<std::string, std::string>> ref;
+  while (static_cast<int64_t>(id_bytes.size()) < o.vocab_size) {
+    std::map<std::pair<int32_t, int32_t>, int64_t> pc;
+    for (size_t i = 0; i < words.size(); ++i)
+      for (size_t k = 0; k + 1 < words[i].size(); ++k) pc[{words[i][k], words[i][k + 1]}] += wc[i];
+    std::pair<int32_t, int32_t> best{-1, -1};
+    int64_t best_count = 0;
+    for (const auto& [p, c] : pc)  // map order: ascending pairs, so '>' keeps the smallest on ties
+      if (c > best_count) { best_count = c; best = p; }
+    if (best_count < o.min_frequency) break;
+    std::string nb = id_bytes[best.first] + id_bytes[best.second];
+    int32_t nid;
+    if (ids.count(nb)) nid = ids[nb];
+    else {
+      nid = static_cast<int32_t>(id_bytes.size());
+      ids[nb] = nid;
+      id_bytes.push_back(nb);
+    }
+    ref.emplace_back(subq::data::detail::bytes_to_token_string(id_bytes[best.first]),
+                     subq::data::detail::bytes_to_token_string(id_bytes[best.second]));
+    for (auto& w : words) {
+      std::vector<int32_t> out;
+      for (size_t k = 0; k < w.size(); ++k) {
+        if (k + 1 < w.size() && w[k] == best.first && w[k + 1] == best.second) { out.push_back(nid); ++k; }
+        else out.push_back(w[k]);
+      }
+      w = out;
+    }
+  }
+  REQUIRE(merges.size() == ref.size());
+  for (size_t r = 0; r < ref.size(); ++r) {
+    INFO("merge " << r);
+    CHECK(merges[r][0].get<std::string>() == ref[r].first);
+    CHECK(merges[r][1].get<std::string>() == ref[r].second);
+  }
 }

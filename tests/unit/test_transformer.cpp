@@ -1,7 +1,8 @@
 // test_transformer.cpp — the Transformer baseline: Hugging Face parameter names, parameter count and
 // FLOPs formula, init statistics, causality, KV-cache decoding equal to the full forward, logit soft-cap,
-// the registry, and logits equal to Hugging Face's LlamaForCausalLM on the same weights (through Python
-// `transformers`, skipped when it cannot be imported).
+// the registry, and logits, loss and every parameter gradient equal to Hugging Face's LlamaForCausalLM
+// on the same weights (through Python `transformers` + PyTorch autograd; skipped when it cannot be
+// imported).
 #include <unistd.h>
 
 #include <array>
@@ -199,7 +200,7 @@ TEST_CASE("transformer runs under bf16 autocast close to fp32", "[transformer]")
   CHECK(!at::autocast::is_autocast_enabled(torch::kCPU));
 }
 
-TEST_CASE("transformer logits equal Hugging Face LlamaForCausalLM on the same weights", "[transformer][python]") {
+TEST_CASE("transformer logits, loss and gradients equal Hugging Face LlamaForCausalLM on the same weights", "[transformer][python]") {
   FILE* probe = popen("python3 -c 'import transformers, safetensors, torch' 2>/dev/null", "r");
   REQUIRE(probe);
   if (pclose(probe) != 0) SUBQ_SKIP("python3 with transformers, safetensors and torch is not available");
@@ -240,8 +241,13 @@ TEST_CASE("transformer logits equal Hugging Face LlamaForCausalLM on the same we
          "    assert not missing and not unexpected, (missing, unexpected)\n"
          "    if cfg.tie_word_embeddings: m.tie_weights()\n"
          "    tok = load_file(d + '/tokens.safetensors')['tokens']\n"
-         "    with torch.no_grad(): out = m(input_ids=tok).logits.float().contiguous()\n"
-         "    save_file({'logits': out}, d + '/logits.safetensors')\n";
+         "    logits = m(input_ids=tok).logits.float()\n"
+         "    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tok[:, 1:].reshape(-1))\n"
+         "    loss.backward()\n"
+         "    out = {'logits': logits.detach().contiguous(), 'loss': loss.detach().reshape(1)}\n"
+         "    for n, p in m.named_parameters():\n"
+         "        out['grad.' + n.removeprefix('model.')] = p.grad.contiguous()\n"
+         "    save_file(out, d + '/logits.safetensors')\n";
   std::string cmd = "python3 " + (root / "run.py").string() + " " + (root / "untied").string() + " " +
                     (root / "tied").string() + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
@@ -256,10 +262,26 @@ TEST_CASE("transformer logits equal Hugging Face LlamaForCausalLM on the same we
   int i = 0;
   for (const char* sub : {"untied", "tied"}) {
     INFO(sub);
-    auto hf = subq::load_safetensors((root / sub / "logits.safetensors").string()).tensors.at("logits");
-    torch::NoGradGuard ng;
-    auto ours = models[i]->forward(tokens[i]);
-    CHECK(rel_err(ours, hf) < 1e-5);
+    auto ref = subq::load_safetensors((root / sub / "logits.safetensors").string()).tensors;
+    auto& m = *models[i];
+    const auto& tok = tokens[i];
+    auto ours = m.forward(tok);
+    CHECK(rel_err(ours.detach(), ref.at("logits")) < 1e-5);
+    // loss and every gradient, against PyTorch's autograd through the HF model
+    auto loss = torch::nn::functional::cross_entropy(ours.narrow(1, 0, tok.size(1) - 1).reshape({-1, ours.size(-1)}),
+                                                     tok.narrow(1, 1, tok.size(1) - 1).reshape({-1}));
+    CHECK(loss.item<double>() == Approx(ref.at("loss").item<double>()).epsilon(1e-6));
+    m.zero_grad();
+    loss.backward();
+    int grads = 0;
+    for (const auto& p : m.named_parameters()) {
+      INFO(p.key());
+      auto it = ref.find("grad." + p.key());
+      REQUIRE(it != ref.end());
+      CHECK(rel_err(p.value().grad(), it->second) < 1e-4);
+      ++grads;
+    }
+    CHECK(grads == static_cast<int>(m.named_parameters().size()));
     ++i;
   }
   fs::remove_all(root);

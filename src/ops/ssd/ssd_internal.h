@@ -1,0 +1,24 @@
+// ssd_internal.h — argument checking shared by the SSD forms (recurrent, chunkwise, step).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace subq::ops::detail {
+
+struct SsdDims {
+  int64_t batch, heads, time, head_dim, groups, state_dim;
+};
+
+// Checks every argument of ssd_recurrent / ssd_chunkwise (see subq/ops/ssd.h) and returns the sizes;
+// throws subq::InputError naming the argument and the expected layout.
+SsdDims ssd_check(const std::string& op, const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                  const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                  const torch::Tensor& initial_state, const torch::Tensor& reset);
+
+// [batch, G, ...] -> [batch, H, ...]: head h reads group h / (H / G) (copies when G < H; used by
+// the recurrent forms only).
+torch::Tensor ssd_groups_to_heads(const torch::Tensor& t, int64_t heads);
+
+}  // namespace subq::ops::detail
