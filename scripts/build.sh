@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SUBQ_NO_SETUP:-0}" = 1 ] || scripts/setup.sh
 BUILD_DIR=${SUBQ_BUILD_DIR:-build}
+# let ccache reuse objects across checkouts in different folders (CI clones elsewhere)
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 . scripts/python.sh
 PY=$(subq_python)
 # shellcheck disable=SC2086
