@@ -18,32 +18,17 @@
 #include "subq/data/tokenizer.h"
 #include "subq/models/model.h"
 #include "subq/train/checkpoint.h"
+#include "e2e/cli_run.h"
 #include "subq_catch.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int rc;
-  std::string out;
-};
-
-Result run(const std::string& args, bool merge_stderr = true) {
-  const char* b = std::getenv("SUBQ_BINARY");
-  std::string cmd = "cd '" + subq::test::source_dir() + "' && '" + (b ? b : "subq") + "' " + args +
-                    (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
-bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+using subq::test::binary;
+using subq::test::has;
+using subq::test::Result;
+using subq::test::run;
 
 struct TinyRun {
   fs::path root, run_dir;

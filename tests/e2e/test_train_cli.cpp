@@ -12,36 +12,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "e2e/cli_run.h"
 #include "subq_catch.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int rc;
-  std::string out;
-};
-
-std::string binary() {
-  const char* b = std::getenv("SUBQ_BINARY");
-  return b ? b : "subq";
-}
-
-Result run(const std::string& args, bool merge_stderr = true) {
-  std::string cmd = "cd '" + subq::test::source_dir() + "' && '" + binary() + "' " + args +
-                    (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
-bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+using subq::test::binary;
+using subq::test::has;
+using subq::test::Result;
+using subq::test::run;
 
 }  // namespace
 
