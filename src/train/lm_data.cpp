@@ -6,6 +6,7 @@
 
 #include "subq/core/error.h"
 #include "subq/core/log.h"
+#include "subq/data/synthetic.h"
 
 namespace subq::train {
 
@@ -17,7 +18,29 @@ std::optional<data::Tokenizer> load_run_tokenizer(const RunConfig& cfg) {
   return data::Tokenizer::from_file(cfg.data.tokenizer);
 }
 
+namespace {
+void resolve_synthetic(RunConfig& cfg) {
+  const data::SyntheticTask task(cfg.data.synthetic);  // validates the task settings
+  const int64_t v = task.vocab_size();
+  if (cfg.model.vocab_size == 0) {
+    cfg.model.vocab_size = v;
+    log::info(str("model.vocab_size = ", v, " (synthetic task ", task.name(), ")"));
+  } else if (cfg.model.vocab_size < v) {
+    throw ConfigError(str("model.vocab_size = ", cfg.model.vocab_size, " is smaller than the vocabulary of synthetic task ",
+                          task.name(), " (", v, " ids); set model.vocab_size to 0 (take it from the task) or at least ", v));
+  }
+  if (cfg.data.seq_len != cfg.data.synthetic.train_len) {
+    log::debug(str("data.seq_len = ", cfg.data.synthetic.train_len, " (data.synthetic.train_len)"));
+    cfg.data.seq_len = cfg.data.synthetic.train_len;
+  }
+}
+}  // namespace
+
 std::optional<data::Tokenizer> resolve_vocab_size(RunConfig& cfg) {
+  if (cfg.data.task == "synthetic") {
+    resolve_synthetic(cfg);
+    return std::nullopt;
+  }
   auto tok = load_run_tokenizer(cfg);
   if (cfg.model.vocab_size == 0) {
     if (!tok)

@@ -274,7 +274,8 @@ TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& 
       rec["step"] = s;
       metrics.write(rec);
       log::info(str("eval @ step ", s, ": loss ", fixed(r.loss, 4), ", ppl ", fixed(r.ppl, 2),
-                    r.bpb ? str(", bpb ", fixed(*r.bpb, 4)) : std::string(), " (", r.tokens, " tokens)"));
+                    r.bpb ? str(", bpb ", fixed(*r.bpb, 4)) : std::string(), " (", r.tokens, " tokens)",
+                    r.summary.empty() ? std::string() : "; " + r.summary));
       result.last_eval = r;
     }
     if ((tc.ckpt_every > 0 && s % tc.ckpt_every == 0) || s == total || stop) checkpoint(s);

@@ -30,6 +30,9 @@ std::optional<data::Tokenizer> load_run_tokenizer(const RunConfig& cfg);
 
 // Sets cfg.model.vocab_size from the tokenizer when it is 0 (ConfigError when there is no tokenizer to
 // take it from); checks an explicit one against the tokenizer. Returns the tokenizer (if any).
+// With data.task = synthetic no tokenizer is read: vocab_size 0 becomes the task's vocabulary size
+// (exactly, no rounding: the vocabularies have 4 to 121 ids), an explicit one must cover it, the task
+// settings are validated (ConfigError) and data.seq_len is set to data.synthetic.train_len; returns nullopt.
 std::optional<data::Tokenizer> resolve_vocab_size(RunConfig& cfg);
 
 struct LmData {
