@@ -142,18 +142,12 @@ SyntheticTask::SyntheticTask(const SyntheticConfig& cfg) : name_(cfg.task), kind
       break;
   }
 
-  // Lengths: training range and every evaluation length must hold a valid length.
-  const std::string rule = step_ == 1 ? str(">= ", min_len_) : str(min_len_, " + k * ", step_);
-  if (floor_len(cfg.train_len) == 0)
-    throw ConfigError(str("data.synthetic.train_len = ", cfg.train_len, ": task ", name_,
-                          " has sequences of length ", rule, "; raise data.synthetic.train_len"));
-  if (ceil_len(cfg.train_min_len) > floor_len(cfg.train_len))
-    throw ConfigError(str("data.synthetic.train_min_len = ", cfg.train_min_len, " and train_len = ", cfg.train_len,
-                          " leave no valid length for task ", name_, " (lengths ", rule,
-                          "); lower train_min_len or raise train_len"));
-  synthetic_eval_lengths(*this, cfg, cfg.eval_lens, "data.synthetic.eval_lens");
-  synthetic_eval_lengths(*this, cfg, cfg.periodic_eval_lens(),
-                         cfg.train_eval_lens.empty() ? "data.synthetic.train_len" : "data.synthetic.train_eval_lens");
+  // The length rule is shared with config validation (data_config.h); a config built in code rather than
+  // loaded from YAML is checked here.
+  const auto rule = SyntheticLengthRule::of(name_);
+  SUBQ_CHECK(rule.min_len == min_len_ && rule.step == step_, "length rule of ", name_);
+  const std::string problem = cfg.length_problem();
+  if (!problem.empty()) throw ConfigError(problem);
 }
 
 int64_t SyntheticTask::token_id(const std::string& name) const {
@@ -171,15 +165,9 @@ bool SyntheticTask::running() const {
   }
 }
 
-int64_t SyntheticTask::floor_len(int64_t n) const {
-  if (n < min_len_) return 0;
-  return min_len_ + (n - min_len_) / step_ * step_;
-}
+int64_t SyntheticTask::floor_len(int64_t n) const { return SyntheticLengthRule{min_len_, step_}.floor(n); }
 
-int64_t SyntheticTask::ceil_len(int64_t n) const {
-  if (n <= min_len_) return min_len_;
-  return min_len_ + (n - min_len_ + step_ - 1) / step_ * step_;
-}
+int64_t SyntheticTask::ceil_len(int64_t n) const { return SyntheticLengthRule{min_len_, step_}.ceil(n); }
 
 int64_t SyntheticTask::draw_len(int64_t lo, int64_t hi, SyntheticRng& rng) const {
   const int64_t a = ceil_len(lo), b = floor_len(hi);

@@ -639,6 +639,15 @@ TEST_CASE("config errors name the key and the fix", "[synthetic][config]") {
   CHECK(has(config_error("data:\n  synthetic:\n    arith_ops: [+, +]\n"), "twice"));
   CHECK(has(config_error("data:\n  synthetic:\n    arith_ops: [/]\n"), "must be one of"));
   CHECK(has(config_error("data:\n  task: tabular\n"), "must be one of: code, synthetic"));
+  // length rules are checked when the config loads (`subq config --check` catches them)
+  CHECK(has(config_error("data:\n  task: synthetic\n  synthetic:\n    task: anbncn\n    train_len: 2\n"),
+            "data.synthetic.train_len = 2: task anbncn has sequences of length 3 + k * 3"));
+  CHECK(has(config_error("data:\n  synthetic:\n    task: parity\n    eval_lens: [1, 8]\n"),
+            "data.synthetic.eval_lens contains 1"));
+  CHECK(has(config_error("data:\n  synthetic:\n    task: anbn\n    eval_len_mode: range\n    train_len: 8\n"
+                         "    eval_lens: [8, 9]\n"),
+            "the range (8, 9] holds no length"));
+  CHECK(config_error("data:\n  synthetic:\n    task: anbn\n    train_len: 8\n    eval_lens: [8, 9]\n").empty());
 
   auto task_error = [](SyntheticConfig c) -> std::string {
     try {

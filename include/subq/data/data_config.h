@@ -10,11 +10,33 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "subq/core/schema.h"
 
 namespace subq::data {
+
+// The lengths a synthetic task accepts: min_len + k * step (k >= 0). Here rather than in synthetic.h so
+// that config validation (`subq config --check`, which links no task code) applies the same rule.
+struct SyntheticLengthRule {
+  int64_t min_len = 1, step = 1;
+
+  static SyntheticLengthRule of(const std::string& task) {
+    if (task == "parity" || task == "mod_arith_brackets") return {2, 1};  // one token and "="
+    if (task == "mod_arith") return {2, 2};                                // odd expression + "="
+    if (task == "anbn") return {2, 2};
+    if (task == "anbncn") return {3, 3};
+    return {1, 1};  // s3, s5, majority
+  }
+  bool valid(int64_t n) const { return n >= min_len && (n - min_len) % step == 0; }
+  int64_t floor(int64_t n) const { return n < min_len ? 0 : min_len + (n - min_len) / step * step; }  // 0: none
+  int64_t ceil(int64_t n) const { return n <= min_len ? min_len : min_len + (n - min_len + step - 1) / step * step; }
+  std::string describe() const {
+    return step == 1 ? ">= " + std::to_string(min_len)
+                     : std::to_string(min_len) + " + k * " + std::to_string(step) + " (k >= 0)";
+  }
+};
 
 // data.synthetic — one task of the synthetic state-tracking suite (docs/synthetic.md has each task's
 // vocabulary, format and supervised positions). "Length" is always the number of input tokens the model
@@ -40,6 +62,38 @@ struct SyntheticConfig {
   std::vector<int64_t> periodic_eval_lens() const {
     return train_eval_lens.empty() ? std::vector<int64_t>{train_len} : train_eval_lens;
   }
+  // "" when every length setting fits the task's length rule, else the problem and its fix, naming the key.
+  std::string length_problem() const {
+    const auto r = SyntheticLengthRule::of(task);
+    if (r.floor(train_len) == 0)
+      return "data.synthetic.train_len = " + std::to_string(train_len) + ": task " + task + " has sequences of length " +
+             r.describe() + "; raise train_len";
+    if (r.ceil(train_min_len) > r.floor(train_len))
+      return "data.synthetic.train_min_len = " + std::to_string(train_min_len) + " and train_len = " +
+             std::to_string(train_len) + " leave no valid length for task " + task + " (lengths " + r.describe() +
+             "); lower train_min_len or raise train_len";
+    for (const auto& [key, lens] : {std::pair<std::string, std::vector<int64_t>>{"eval_lens", eval_lens},
+                                    {"train_eval_lens", train_eval_lens}}) {
+      int64_t prev = r.ceil(train_min_len) - 1;
+      for (size_t i = 0; i < lens.size(); ++i) {
+        const int64_t L = lens[i];
+        if (r.floor(L) == 0)
+          return "data.synthetic." + key + " contains " + std::to_string(L) + ", shorter than the shortest sequence of task " +
+                 task + " (" + std::to_string(r.min_len) + " tokens); remove it or raise it";
+        if (eval_len_mode == "range") {
+          if (i > 0 && L <= lens[i - 1])
+            return "data.synthetic." + key + " must be strictly increasing with eval_len_mode = range";
+          if (r.ceil(prev + 1) > r.floor(L))
+            return "data.synthetic." + key + ": the range (" + std::to_string(prev) + ", " + std::to_string(L) +
+                   "] holds no length of task " + task + " (lengths " + r.describe() +
+                   "); space the lengths further apart or use eval_len_mode = exact";
+        }
+        prev = L;
+      }
+    }
+    return "";
+  }
+
   // The longest sequence a run with this config feeds the model (training and every evaluation).
   int64_t longest_len() const {
     int64_t m = train_len;
@@ -92,6 +146,7 @@ struct SyntheticConfig {
         return std::string("must be strictly increasing, e.g. [128, 512, 2048]");
       return std::string();
     });
+    s.check("task", [](const SyntheticConfig& c) { return c.length_problem(); });
     s.check("arith_ops", [](const SyntheticConfig& c) {
       std::set<std::string> u(c.arith_ops.begin(), c.arith_ops.end());
       if (c.arith_ops.empty()) return std::string("must name at least one operator of + - *");
