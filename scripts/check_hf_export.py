@@ -6,9 +6,12 @@ Usage:
   scripts/check_hf_export.py --case EXPORT_DIR:REFERENCE.safetensors [--case ...] [--tol 1e-4]
 
 REFERENCE.safetensors holds "input_ids" ([B, T] int64) and "logits" ([B, T, V] float32) from subq.
-For each case the folder is loaded with AutoModelForCausalLM (fp32, eager attention, CPU); when it
-ships tokenizer files, AutoTokenizer must load them too and round-trip a string. Prints one JSON object
-per line: {"case", "max_abs_diff", "ok", ...}, then exits 0 when every case is within --tol,
+For each case the folder is loaded with AutoModelForCausalLM (fp32, eager attention, CPU; any
+architecture transformers knows: Llama, Mamba-2, ...); every weight of the model must come from the
+folder and every tensor of the folder must be used (missing / unexpected / mismatched keys fail the
+case). When it ships tokenizer files, AutoTokenizer must load them too and round-trip a string. Prints
+one JSON object per line: {"case", "class", "max_abs_diff", "missing_keys", "unexpected_keys", "ok", ...},
+then exits 0 when every case is within --tol,
 1 when one is not, 2 on a load failure and 3 when transformers (or torch/safetensors) is not
 importable (the C++ test then skips).
 """
@@ -40,7 +43,8 @@ def main() -> int:
         out = {"case": export_dir, "transformers": transformers.__version__}
         try:
             ref = load_file(ref_path)
-            model = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32, attn_implementation="eager")
+            model, info = AutoModelForCausalLM.from_pretrained(
+                export_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
             model.eval()
             with torch.no_grad():
                 logits = model(input_ids=ref["input_ids"]).logits.float()
@@ -50,6 +54,10 @@ def main() -> int:
             worst = max(worst, 2)
             continue
         out["class"] = type(model).__name__
+        for k in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            out[k] = sorted(str(x) for x in info.get(k, []))
+        if hasattr(model.config, "time_step_limit"):  # Mamba-2's dt clamp; as strings ("inf" is not JSON)
+            out["time_step_limit"] = [repr(float(x)) for x in model.config.time_step_limit]
         out["shape"] = list(logits.shape)
         if tuple(logits.shape) != tuple(ref["logits"].shape):
             out.update({"ok": False, "error": f"shape {list(logits.shape)} != subq {list(ref['logits'].shape)}"})
@@ -58,7 +66,7 @@ def main() -> int:
             continue
         diff = (logits - ref["logits"].float()).abs().max().item()
         out["max_abs_diff"] = diff
-        out["ok"] = diff < args.tol
+        out["ok"] = diff < args.tol and not (out["missing_keys"] or out["unexpected_keys"] or out["mismatched_keys"])
         out["tied"] = bool(model.config.tie_word_embeddings)
         if os.path.exists(os.path.join(export_dir, "tokenizer.json")):
             try:

@@ -9,8 +9,9 @@
 //   transformer: all of them.
 //   xlstm:  d_model, n_layers (blocks), n_heads (mLSTM and sLSTM heads), d_ff/ffn_multiple_of (SwiGLU of
 //           every block), norm_eps, tie_embeddings, init_std, logit_softcap (30 in the xLSTM configs).
-//   mamba2: d_model, n_layers (mixer blocks; Mamba-2 has no MLP), norm_eps, tie_embeddings, init_std;
-//           its heads are derived: expand * d_model / mamba2.head_dim (n_heads is ignored).
+//   mamba2: d_model, n_layers (mixer blocks; Mamba-2 has no MLP), norm_eps, tie_embeddings, init_std,
+//           logit_softcap (off by default; not exportable); its heads are derived: expand * d_model /
+//           mamba2.head_dim (n_heads is ignored).
 //   gdn:    d_model, n_layers, n_heads (with gdn.head_dim: key width n_heads * head_dim), d_ff (SwiGLU),
 //           norm_eps, tie_embeddings, init_std.
 #pragma once
@@ -82,6 +83,7 @@ struct Mamba2Config {
   int64_t chunk_size = 256;
   double dt_min = 1e-3, dt_max = 0.1, dt_init_floor = 1e-4;
   double a_init_min = 1.0, a_init_max = 16.0;
+  bool recompute = false;  // activation checkpointing per block (training memory vs ~1/3 more compute)
 
   static void describe(config::Section<Mamba2Config>& s) {
     s.field("d_state", &Mamba2Config::d_state, "SSM state size N per head").min(1);
@@ -95,6 +97,9 @@ struct Mamba2Config {
     s.field("dt_init_floor", &Mamba2Config::dt_init_floor, "floor of the initial dt").min(0, false);
     s.field("a_init_min", &Mamba2Config::a_init_min, "A_log = log(U(a_init_min, a_init_max))").min(0, false);
     s.field("a_init_max", &Mamba2Config::a_init_max, "see a_init_min").min(0, false);
+    s.field("recompute", &Mamba2Config::recompute,
+            "activation checkpointing: keep only each block's input for backward and recompute the block "
+            "there (the chunkwise SSD's per-chunk blocks dominate training memory; costs one more forward)");
     s.check("dt_max", [](const Mamba2Config& m) {
       return m.dt_min <= m.dt_max ? std::string() : std::string("dt_max must be >= dt_min");
     });
