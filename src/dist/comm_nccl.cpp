@@ -5,6 +5,8 @@
 //    (side) CUDA stream per device with the correct event ordering against the caller's current stream,
 //    allocator bookkeeping for tensors in flight, NCCL return-code checks, and a watchdog thread that
 //    aborts a collective exceeding the timeout (dist.timeout_s) instead of hanging forever.
+//  * The process's current CUDA device is set to its rank's GPU before anything touches CUDA, so no rank
+//    creates a context on cuda:0.
 //  * The communicator is created eagerly (eagerConnectSingleDevice) so a broken NCCL setup fails at start
 //    with NCCL's message, not at the first gradient bucket.
 //  * The options mirror what torch.distributed sets for its default group (group name "0", all global
@@ -22,6 +24,7 @@
 #include "subq/core/log.h"
 
 #if defined(SUBQ_WITH_NCCL) && defined(USE_C10D_NCCL)
+#include <c10/cuda/CUDAFunctions.h>
 #include <nccl.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -70,6 +73,8 @@ class NcclComm final : public Comm {
       log::warn(str("NCCL runtime ", version, " differs from the headers subq was built with (", NCCL_VERSION_CODE,
                     "); rebuild subq against the NCCL that torch loads if collectives misbehave"));
     setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
+    // this process's GPU becomes the current device, so nothing (CUDA context, cuBLAS) lands on cuda:0
+    c10::cuda::set_device(device.index());
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     opts->timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
     opts->group_name = "0";

@@ -52,20 +52,23 @@ void FaultState::raise() const {
 
 void wait_keys(c10d::Store& store, const std::vector<std::string>& keys, const std::vector<int>& ranks,
                double timeout_s, const FaultState& fault, const std::string& what) {
+  // Polls with check() (exponential back-off to 5 ms) rather than blocking in wait(): c10d logs a warning
+  // for every wait() that times out, and short slices are needed to notice an abort.
   const auto t0 = clock_type::now();
-  const auto slice = std::chrono::milliseconds(100);
+  int64_t sleep_us = 20;
   for (;;) {
     fault.throw_if_aborted();
     try {
-      store.wait(keys, slice);
-      return;
-    } catch (const c10::DistStoreError&) {
-      // a slice elapsed (c10d reports wait timeouts as DistStoreError)
+      if (store.check(keys)) return;
     } catch (const c10::Error& e) {
       store_failed(e, what);
     }
     const double waited = std::chrono::duration<double>(clock_type::now() - t0).count();
-    if (waited < timeout_s) continue;
+    if (waited < timeout_s) {
+      std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+      sleep_us = std::min<int64_t>(sleep_us * 2, 5000);
+      continue;
+    }
     std::string missing;
     try {
       for (size_t i = 0; i < keys.size(); ++i)

@@ -8,9 +8,8 @@
 //   2. the collective backend for the device (comm.h): NCCL on CUDA, the store backend on CPU;
 //   3. a monitor thread that keeps a heartbeat in the store, watches the next rank's heartbeat and the
 //      shared abort key. A rank whose heartbeat stops for dist.timeout_s / 2 (at least min(timeout_s, 5 s);
-//      process killed, machine
-//      gone) is declared dead; a rank that fails sets the abort key with its reason; `subq launch` sets it
-//      when a child dies. Any of these makes every rank fail its pending collective with that reason and
+//      process killed, machine gone) is declared dead; a rank that fails sets the abort key with its
+//      reason; `subq launch` sets it when a child dies. Any of these makes every rank fail its pending collective with that reason and
 //      exit with status 1; a rank stuck inside a CUDA/NCCL call is ended by the monitor a few seconds
 //      later (after c10d's abort of the NCCL communicators) so no rank hangs.
 // shutdown() is the orderly end (every rank calls it after its last collective): the backend is torn
