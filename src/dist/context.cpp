@@ -70,14 +70,18 @@ void wait_keys(c10d::Store& store, const std::vector<std::string>& keys, const s
       continue;
     }
     std::string missing;
+    int n_missing = 0;
     try {
       for (size_t i = 0; i < keys.size(); ++i)
-        if (!store.check({keys[i]})) missing += str(missing.empty() ? "" : ", ", ranks[i]);
+        if (!store.check({keys[i]})) {
+          missing += str(missing.empty() ? "" : ", ", ranks[i]);
+          ++n_missing;
+        }
     } catch (const c10::Error& e) {
       store_failed(e, what);
     }
-    throw RuntimeError(str(what, " timed out after ", timeout_s, " s (dist.timeout_s) waiting for rank(s) ",
-                           missing.empty() ? std::string("?") : missing,
+    throw RuntimeError(str(what, " timed out after ", timeout_s, " s (dist.timeout_s) waiting for ",
+                           n_missing == 1 ? "rank " : "ranks ", missing.empty() ? std::string("?") : missing,
                            ": they died, hang, or run a different number of steps; this rank stops (a relaunch "
                            "resumes from the last complete checkpoint)"));
   }

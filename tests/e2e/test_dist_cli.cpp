@@ -1,6 +1,6 @@
 // test_dist_cli.cpp — data-parallel training through the CLI on the CPU (store backend), as a user runs it:
 //  * `subq launch --nproc 2 -- train` with 2 ranks x batch 2 gives the weights, losses, token counts and
-//    eval of `subq train` with 1 rank x batch 4 (fp32 tolerance), with and without ZeRO-1; metrics say
+//    eval of `subq train` with 1 rank x batch 4 (fp32 tolerance: rtol 1e-4, atol 1e-5), with and without ZeRO-1; metrics say
 //    the world size and the global batch; only rank 0 writes the run directory;
 //  * checkpoints resume on a different number of ranks: 2 ranks (ZeRO-1) -> 1 rank and 1 -> 2 reach the
 //    weights of an uninterrupted 1-rank run;
@@ -94,7 +94,7 @@ TEST_CASE("2 ranks x B/2 == 1 rank x B through `subq launch` (all-reduce and ZeR
 
   for (const char* name : {"dp2", "dp2z"}) {
     INFO(name);
-    CHECK(subq::test::weights_distance(fx.ckpt(name, 4), fx.ckpt("single", 4), 1e-4, 1e-6) <= 1.0);
+    CHECK(subq::test::weights_distance(fx.ckpt(name, 4), fx.ckpt("single", 4), 1e-4, 1e-5) <= 1.0);
     auto a = metrics_of(fx.run_dir("single")), b = metrics_of(fx.run_dir(name));
     REQUIRE(a.size() == b.size());
     for (size_t i = 0; i < a.size(); ++i) {
@@ -152,8 +152,8 @@ TEST_CASE("checkpoints resume on a different number of ranks", "[cli][dist][resu
   INFO(b2.out);
   REQUIRE(b2.rc == 0);
   CHECK(has(b2.out, "resuming from"));
-  CHECK(subq::test::weights_distance(fx.ckpt("two_then_one", 6), fx.ckpt("straight", 6), 1e-4, 1e-6) <= 1.0);
-  CHECK(subq::test::weights_distance(fx.ckpt("one_then_two", 6), fx.ckpt("straight", 6), 1e-4, 1e-6) <= 1.0);
+  CHECK(subq::test::weights_distance(fx.ckpt("two_then_one", 6), fx.ckpt("straight", 6), 1e-4, 1e-5) <= 1.0);
+  CHECK(subq::test::weights_distance(fx.ckpt("one_then_two", 6), fx.ckpt("straight", 6), 1e-4, 1e-5) <= 1.0);
 }
 
 TEST_CASE("a killed rank stops the others with its name; a relaunch resumes", "[cli][dist][fault]") {

@@ -221,7 +221,7 @@ TEST_CASE("a collective a rank never joins times out naming it; an abort stops t
   });
   INFO(timeout_msg);
   CHECK_THAT(timeout_msg, Catch::Matchers::Contains("timed out"));
-  CHECK_THAT(timeout_msg, Catch::Matchers::Contains("rank(s) 1"));
+  CHECK_THAT(timeout_msg, Catch::Matchers::Contains("waiting for rank 1"));
   CHECK_THAT(timeout_msg, Catch::Matchers::Contains("dist.timeout_s"));
 
   std::string abort_msg;
