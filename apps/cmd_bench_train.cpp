@@ -9,6 +9,7 @@
 #include "subq/core/fs.h"
 #include "subq/core/log.h"
 #include "subq/core/run_config.h"
+#include "subq/dist/context.h"
 #include "subq/train/bench_train.h"
 #include "subq/train/lm_data.h"
 
@@ -49,7 +50,16 @@ void add_bench_train_command(CLI::App& app, Context& ctx) {
       bo.steps = o.steps;
       bo.warmup = o.warmup;
       bo.argv = ctx.argv;
-      nlohmann::json r = train::bench_train(cfg, bo);
+      // under `subq launch` / torchrun / srun: every rank runs the benchmark, rank 0 reports
+      const auto env = dist::LaunchEnv::from_environment();
+      auto dctx = env.distributed() ? dist::Context::join(env, cfg.dist, dist::device_for(cfg.run.device, env))
+                                    : std::make_unique<dist::Context>();
+      nlohmann::json r = dist::run_guarded(*dctx, [&] {
+        auto res = train::bench_train(cfg, bo, dctx.get());
+        dctx->shutdown();
+        return res;
+      });
+      if (r.is_null()) return 0;
       const std::string text = r.dump(2) + "\n";
       std::fputs(text.c_str(), stdout);
       std::fflush(stdout);

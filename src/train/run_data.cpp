@@ -7,7 +7,8 @@
 
 namespace subq::train {
 
-RunData open_run_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_eval) {
+RunData open_run_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_eval,
+                      int64_t rank, int64_t world) {
   SUBQ_CHECK(cfg.model.vocab_size > 0, "resolve model.vocab_size first");
   RunData d;
   if (cfg.data.task == "synthetic") {
@@ -16,7 +17,7 @@ RunData open_run_data(const RunConfig& cfg, const torch::Device& device, bool wi
       data::SyntheticSourceOptions o;
       o.cfg = sc;
       o.batch_size = cfg.train.batch_size;
-      o.seed = static_cast<uint64_t>(cfg.run.seed);
+      o.seed = static_cast<uint64_t>(cfg.run.seed) + 1000003ULL * static_cast<uint64_t>(rank);
       o.device = device;
       d.synthetic = std::make_unique<data::SyntheticSource>(o);
       d.train = d.synthetic.get();
@@ -29,7 +30,7 @@ RunData open_run_data(const RunConfig& cfg, const torch::Device& device, bool wi
     }
     return d;
   }
-  d.lm = open_lm_data(cfg, device, with_train, with_eval);
+  d.lm = open_lm_data(cfg, device, with_train, with_eval, rank, world);
   d.train = d.lm.train.get();
   d.evaluator = d.lm.evaluator();
   if (d.lm.val) d.eval_what = str("held-out set ", cfg.data.val);

@@ -7,6 +7,7 @@
 
 #include "subq/core/config.h"
 #include "subq/data/data_config.h"
+#include "subq/dist/dist_config.h"
 #include "subq/models/model_config.h"
 #include "subq/train/train_config.h"
 
@@ -55,6 +56,7 @@ struct RunConfig {
   train::ScheduleConfig schedule;
   train::TrainConfig train;
   train::EvalConfig eval;
+  dist::DistConfig dist;
 
   static void describe(config::Section<RunConfig>& s) {
     s.field("run", &RunConfig::run, "where the run lives and how it runs");
@@ -64,6 +66,7 @@ struct RunConfig {
     s.field("schedule", &RunConfig::schedule, "learning-rate schedule");
     s.field("train", &RunConfig::train, "training loop");
     s.field("eval", &RunConfig::eval, "held-out evaluation during training");
+    s.field("dist", &RunConfig::dist, "data-parallel training over several processes (ignored by a single process)");
     s.check("model.max_seq_len", [](const RunConfig& c) {
       if (c.data.task != "synthetic") return std::string();
       const int64_t need = c.data.synthetic.longest_len();

@@ -48,6 +48,9 @@ struct LmData {
 // Opens what a run needs (cfg.model.vocab_size must be resolved): the train loader (seeded by run.seed,
 // batches of train.batch_size on `device`) when with_train, the held-out windows (eval.batch_size,
 // eval.batches) when with_val and data.val is not "". Checks the shards' vocabulary against the model.
-LmData open_lm_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_val);
+// Data parallel: rank r of `world` takes the train loader's windows r, r+world, ... and the held-out
+// batches r, r+world, ... (see data/loader.h); the trainer sums the ranks' evaluations.
+LmData open_lm_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_val,
+                    int64_t rank = 0, int64_t world = 1);
 
 }  // namespace subq::train

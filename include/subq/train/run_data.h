@@ -34,6 +34,11 @@ struct RunData {
   std::unique_ptr<data::SyntheticSource> synthetic;  // data.task = synthetic
 };
 
-RunData open_run_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_eval);
+// Data parallel (rank of world): code partitions the shards' windows and held-out batches by rank
+// (lm_data.h); synthetic gives every rank its own training stream (seed run.seed + 1000003 * rank, so a
+// resume on a different number of ranks continues with different, equally distributed examples) and has
+// every rank score the same full evaluation sets (the trainer's sum over ranks keeps every ratio).
+RunData open_run_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_eval,
+                      int64_t rank = 0, int64_t world = 1);
 
 }  // namespace subq::train
