@@ -6,9 +6,12 @@ Usage:
   scripts/check_hf_export.py --case EXPORT_DIR:REFERENCE.safetensors [--case ...] [--tol 1e-4]
 
 REFERENCE.safetensors holds "input_ids" ([B, T] int64) and "logits" ([B, T, V] float32) from subq.
-For each case the folder is loaded with AutoModelForCausalLM (fp32, eager attention, CPU); when it
-ships tokenizer files, AutoTokenizer must load them too and round-trip a string. Prints one JSON object
-per line: {"case", "max_abs_diff", "ok", ...}, then exits 0 when every case is within --tol,
+For each case the folder is loaded with AutoModelForCausalLM (fp32, eager attention, CPU), whatever
+architecture config.json names (Llama, xLSTM, ...); the folder's tensors must be exactly the model's
+state_dict (same names and shapes; only a tied lm_head.weight may be absent), so no weight is silently
+left at its random init. When the folder ships tokenizer files, AutoTokenizer must load them too and
+round-trip a string. Prints one JSON object per line: {"case", "max_abs_diff", "ok", "missing",
+"unexpected", ...}, then exits 0 when every case is within --tol,
 1 when one is not, 2 on a load failure and 3 when transformers (or torch/safetensors) is not
 importable (the C++ test then skips).
 """
@@ -50,6 +53,18 @@ def main() -> int:
             worst = max(worst, 2)
             continue
         out["class"] = type(model).__name__
+        # The folder's tensors against the model's state_dict: nothing missing, nothing extra, same shapes.
+        stored = load_file(os.path.join(export_dir, "model.safetensors"))
+        state = model.state_dict()
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        out["missing"] = sorted(k for k in state if k not in stored and not (tied and k == "lm_head.weight"))
+        out["unexpected"] = sorted(k for k in stored if k not in state)
+        out["shape_mismatch"] = sorted(k for k in stored if k in state and tuple(stored[k].shape) != tuple(state[k].shape))
+        if out["missing"] or out["unexpected"] or out["shape_mismatch"]:
+            out["ok"] = False
+            print(json.dumps(out))
+            worst = max(worst, 1)
+            continue
         out["shape"] = list(logits.shape)
         if tuple(logits.shape) != tuple(ref["logits"].shape):
             out.update({"ok": False, "error": f"shape {list(logits.shape)} != subq {list(ref['logits'].shape)}"})
