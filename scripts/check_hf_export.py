@@ -68,6 +68,11 @@ def run_case(export_dir, ref_path, args, out):
     fresh.load_state_dict(full, strict=True)
     loaded = model.state_dict()
     out["strict_load"] = True
+    # the same in plain terms: the folder's tensors against the model's state_dict
+    state = model.state_dict()
+    out["missing"] = sorted(k for k in state if k not in weights and not (tied and k == "lm_head.weight"))
+    out["unexpected"] = sorted(k for k in weights if k not in state)
+    out["shape_mismatch"] = sorted(k for k in weights if k in state and tuple(weights[k].shape) != tuple(state[k].shape))
     out["weights_equal"] = all(n in loaded and torch.equal(loaded[n].float(), t.float()) for n, t in weights.items())
     del fresh
 
@@ -87,7 +92,8 @@ def run_case(export_dir, ref_path, args, out):
     diff = (logits - ref["logits"].float()).abs().max().item()
     out["max_abs_diff"] = diff
     out["ok"] = diff < args.tol and out["weights_equal"] and not (
-        out["missing_keys"] or out["unexpected_keys"] or out["mismatched_keys"])
+        out["missing_keys"] or out["unexpected_keys"] or out["mismatched_keys"] or out["missing"]
+        or out["unexpected"] or out["shape_mismatch"])
 
     if want_grads:
         vocab = logits.shape[-1]
