@@ -53,6 +53,10 @@ def run_case(export_dir, ref_path, args, out):
     # every weight of the model must come from the folder and every tensor of the folder must be used
     for k in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         out[k] = sorted(str(x) for x in info.get(k, []))
+    if config.model_type == "mamba2":  # older transformers normalise over the whole width, not per group
+        import inspect
+        from transformers.models.mamba2 import modeling_mamba2
+        out["mamba2_groupwise_norm"] = "group_size" in inspect.signature(modeling_mamba2.MambaRMSNormGated.__init__).parameters
     if hasattr(model.config, "time_step_limit"):  # Mamba-2's dt clamp; as strings ("inf" is not JSON)
         out["time_step_limit"] = [repr(float(x)) for x in model.config.time_step_limit]
     out["tied"] = tied
