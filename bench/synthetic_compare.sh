@@ -5,10 +5,13 @@
 # length table as Markdown and JSON.
 #
 #   bench/synthetic_compare.sh [--tasks "parity s3"] [--models "transformer xlstm10 ..."] [--steps N]
-#                              [--jobs J] [--device auto|cpu|cuda] [--work DIR] [--out PREFIX] [-- --set k=v ...]
+#                              [--jobs J] [--device auto|cpu|cuda] [--time-limit S] [--work DIR]
+#                              [--out PREFIX] [-- --set k=v ...]
 #
 # Runs go to $WORK/<task>-<model> (default work dir: runs/synthetic-compare); J runs at a time (several
-# small models share one GPU well). Extra arguments after -- go to every `subq train`. The table goes to
+# small models share one GPU well). Extra arguments after -- go to every `subq train`. With --time-limit S
+# a run that is still training after S seconds is stopped with SIGTERM (subq checkpoints and exits) and
+# evaluated at the step it reached (the table records that step). The table goes to
 # PREFIX.md and PREFIX.json (default bench/results/synthetic-compare-<host kind>) with the commit, date,
 # machine and the exact commands. Needs $SUBQ (default build/apps/subq) and python3 for the table.
 set -euo pipefail
@@ -21,6 +24,7 @@ JOBS=1
 DEVICE=auto
 WORK=runs/synthetic-compare
 OUTP=""
+TIME_LIMIT=""
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,6 +33,7 @@ while [ $# -gt 0 ]; do
     --steps) STEPS=$2; shift 2 ;;
     --jobs) JOBS=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;
+    --time-limit) TIME_LIMIT=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
     --out) OUTP=$2; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
@@ -53,10 +58,15 @@ run_one() {  # task model
   [ -n "$STEPS" ] && args+=(--set train.steps="$STEPS")
   args+=("${EXTRA[@]}")
   echo "$SUBQ ${args[*]} && $SUBQ eval --run $WORK/$name" >> "$cmds"
-  if "$SUBQ" "${args[@]}" > "$WORK/$name.train.log" 2>&1 && "$SUBQ" eval --run "$WORK/$name" > "$WORK/$name.eval.log" 2>&1; then
-    echo "done   $name"
+  local pre=()
+  [ -n "$TIME_LIMIT" ] && pre=(timeout -s TERM --kill-after=120 "$TIME_LIMIT")
+  local rc=0
+  "${pre[@]}" "$SUBQ" "${args[@]}" > "$WORK/$name.train.log" 2>&1 || rc=$?
+  # 0 finished; 1 or 124: stopped early (signal), evaluated at its last checkpoint
+  if { [ $rc = 0 ] || [ $rc = 1 ] || [ $rc = 124 ]; } && "$SUBQ" eval --run "$WORK/$name" > "$WORK/$name.eval.log" 2>&1; then
+    echo "done   $name (train exit $rc)"
   else
-    echo "FAILED $name (see $WORK/$name.train.log / .eval.log)"
+    echo "FAILED $name (train exit $rc; see $WORK/$name.train.log / .eval.log)"
   fi
 }
 
@@ -95,12 +105,12 @@ fmt = lambda v: "—" if v is None else f"{v:.3f}"
 md = [f"# Synthetic state tracking: sequence accuracy by length", "",
       f"{datetime.datetime.utcnow().isoformat(timespec='seconds')}Z — {version.strip()}", "",
       "Train on lengths up to the task's train_len, evaluate at each length (sequence accuracy: every supervised",
-      "position right; docs/synthetic.md). Commands below.", "",
-      "| task | model | " + " | ".join(f"L={l}" for l in lens) + " |",
-      "|---|---|" + "---|" * len(lens)]
+      "position right; docs/synthetic.md). `step` is the checkpoint evaluated. Commands below.", "",
+      "| task | model | step | " + " | ".join(f"L={l}" for l in lens) + " |",
+      "|---|---|---|" + "---|" * len(lens)]
 for r in rows:
     cells = [fmt(r["acc"].get(l, {}).get("seq_acc")) for l in lens] if r["acc"] else ["failed"] * len(lens)
-    md.append(f"| {r['task']} | {r['model']} | " + " | ".join(cells) + " |")
+    md.append(f"| {r['task']} | {r['model']} | {r.get('step', '—')} | " + " | ".join(cells) + " |")
 md += ["", "Commands:", "", "```", open(cmds).read().strip(), "```", ""]
 open(outp + ".md", "w").write("\n".join(md))
 json.dump({"version": version.strip(), "rows": rows, "commands": open(cmds).read().splitlines()},
