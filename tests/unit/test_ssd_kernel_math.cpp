@@ -120,13 +120,13 @@ Grads emulate(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& 
     dBs.push_back(dBh.view({bs, G, hg, L, N}).sum(2));
     dCs.push_back(dCh.view({bs, G, hg, L, N}).sum(2));
     const Tensor rowT = (Q * dts).sum(-1), colQ = Q.sum(-2);
-    const Tensor gdot = (dS1 * S0).sum({-1, -2});
+    const Tensor gdot = (dS1 * S0).sum(std::vector<int64_t>{-1, -2});
     Tensor dcum = rowT - k.dtc * colQ + k.e * r - k.w * u;
     dcum.select(-1, L - 1).add_(k.gamma * gdot + (k.w * u).sum(-1));
     const Tensor da = dcum.flip(-1).cumsum(-1).flip(-1);
     ddts.push_back(Av * da + colQ + k.v * u);
-    dA += (k.dtc * da).sum({0, 2});
-    dD += (k.dyc * k.xc).sum({0, 2, 3});
+    dA += (k.dtc * da).sum(std::vector<int64_t>{0, 2});
+    dD += (k.dyc * k.xc).sum(std::vector<int64_t>{0, 2, 3});
   }
   g.dx = torch::cat(dxs, 2).narrow(2, 0, T);
   g.ddt = torch::cat(ddts, 2).narrow(2, 0, T);

@@ -26,6 +26,8 @@
 
 #include <cstdint>
 
+#include "ops/common/mma_layout.h"
+
 namespace subq::ops::ck {
 
 constexpr int kChunk = 64;
@@ -206,30 +208,31 @@ struct Mma<__half> {
 //      kAKMajor = true:  element (m, k) at A[k * lda + m]  (stored transposed, e.g. X[s][p] for X^T B)
 //   B: kBKMajor = false: element (k, n) at B[n * ldb + k]  (e.g. B[s][n] as the K x N operand of C B^T)
 //      kBKMajor = true:  element (k, n) at B[k * ldb + n]  (row-major K x N, e.g. X[s][p] for G X)
-// Lane l supplies the row address of 8x8 matrix l / 8, row l % 8 (see the derivation in
-// docs/perf/ssd.md, "Fragments"): non-transposed A matrices are (m+0,k+0), (m+8,k+0), (m+0,k+8),
-// (m+8,k+8) = a0..a3; transposed ones are read from the stored (k, m) blocks with .trans; B matrices
-// give b0, b1 of n-tile j and b0, b1 of n-tile j + 1.
+// The lane addresses come from mma_layout.h (derivation in docs/perf/ssd.md, "Fragments"; emulated on the
+// CPU by tests/unit/test_mma_layout.cpp).
 template <typename T, int NT, bool kAKMajor, bool kBKMajor>
 __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], const T* A, int lda, int m0, const T* B, int ldb,
                                           int n0, int K) {
   static_assert(NT % 2 == 0, "NT must be even (ldmatrix.x4 loads two n-tiles)");
   const int lane = threadIdx.x & 31;
-  const int r8 = lane & 7, hi8 = ((lane >> 3) & 1) * 8, hi16 = (lane >> 4) * 8;
   for (int k0 = 0; k0 < K; k0 += 16) {
     uint32_t a[4];
     if constexpr (!kAKMajor) {
-      ldsm_x4(a, A + (m0 + r8 + hi8) * lda + (k0 + hi16));
+      const RowCol p = ldsm_a_row_major(lane, m0, k0);
+      ldsm_x4(a, A + p.row * lda + p.col);
     } else {
-      ldsm_x4_trans(a, A + (k0 + r8 + hi16) * lda + (m0 + hi8));
+      const RowCol p = ldsm_a_k_major(lane, m0, k0);
+      ldsm_x4_trans(a, A + p.row * lda + p.col);
     }
 #pragma unroll
     for (int j = 0; j < NT; j += 2) {
       uint32_t b[4];
       if constexpr (!kBKMajor) {
-        ldsm_x4(b, B + (n0 + j * 8 + r8 + hi16) * ldb + (k0 + hi8));
+        const RowCol p = ldsm_b_n_major(lane, n0 + 8 * j, k0);
+        ldsm_x4(b, B + p.row * ldb + p.col);
       } else {
-        ldsm_x4_trans(b, B + (k0 + r8 + hi8) * ldb + (n0 + j * 8 + hi16));
+        const RowCol p = ldsm_b_k_major(lane, n0 + 8 * j, k0);
+        ldsm_x4_trans(b, B + p.row * ldb + p.col);
       }
       Mma<T>::run(acc[j], a, b[0], b[1]);
       Mma<T>::run(acc[j + 1], a, b[2], b[3]);
@@ -248,11 +251,14 @@ __device__ __forceinline__ void zero(float (&acc)[NT][4]) {
 // without spilling them.
 template <int NT, typename F>
 __device__ __forceinline__ void for_each_frag(int m0, int n0, F&& f) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) f(j, i, m0 + g + (i >> 1) * 8, n0 + 8 * j + 2 * q + (i & 1));
+    for (int i = 0; i < 4; ++i) {
+      const RowCol p = acc_position(lane, j, i);
+      f(j, i, m0 + p.row, n0 + p.col);
+    }
 }
 
 // Scales fragment rows: row m0 + g by s_lo, row m0 + g + 8 by s_hi.
