@@ -153,6 +153,11 @@ struct OpCase {
   std::function<std::vector<torch::Tensor>(const std::vector<torch::Tensor>&, int64_t chunk)> run;
   int64_t default_chunk = 64;
   bool wy = false;  // gated delta's WY/UT work
+  // The subq CUDA kernel of the op (impl "cuda"), if there is one: its call, why it cannot run a given
+  // input set ("" = it can), and its fixed chunk size.
+  std::function<std::vector<torch::Tensor>(const std::vector<torch::Tensor>&)> run_cuda;
+  std::function<std::string(const std::vector<torch::Tensor>&)> cuda_unsupported;
+  int64_t cuda_chunk = 64;
 };
 
 torch::TensorOptions opt(torch::ScalarType dt, const torch::Device& d) { return torch::TensorOptions().dtype(dt).device(d); }
@@ -197,6 +202,10 @@ OpCase ssd_case() {
   c.run = [](const std::vector<torch::Tensor>& x, int64_t chunk) {
     return std::vector<torch::Tensor>{ssd_chunkwise(x[0], x[1], x[2], x[3], x[4], x[5], {}, {}, chunk).y};
   };
+  c.run_cuda = [](const std::vector<torch::Tensor>& x) {
+    return std::vector<torch::Tensor>{ssd_cuda(x[0], x[1], x[2], x[3], x[4], x[5]).y};
+  };
+  c.cuda_unsupported = [](const std::vector<torch::Tensor>& x) { return ssd_cuda_unsupported(x[0], x[3]); };
   return c;
 }
 
@@ -282,23 +291,42 @@ nlohmann::json bench_ops(const BenchOpsOptions& o) {
                             {"shape", {{"B", shape.batch}, {"T", shape.seq_len}, {"H", shape.heads}, {"D", shape.head_dim}}},
                             {"chunk_size", chunk},
                             {"dtype", c10::toString(dtype)}};
+        std::function<std::vector<torch::Tensor>(const std::vector<torch::Tensor>&, int64_t)> run = c.run;
+        int64_t chunk_used = chunk;
         if (impl == "cuda") {
-          // No custom kernels are built into this version yet; the reference is what the models use.
-          r["skipped"] = "no subq CUDA kernel for this op in this build (issue 6)";
-          results.push_back(r);
-          continue;
+          std::string why;
+          if (!c.run_cuda)
+            why = "no subq CUDA kernel for this op yet (issue 6: ssd has one)";
+          else if (device.is_cpu())
+            why = "the subq CUDA kernels need a CUDA device (this run uses the CPU)";
+          if (!why.empty()) {
+            r["skipped"] = why;
+            results.push_back(r);
+            continue;
+          }
+          run = [&c](const std::vector<torch::Tensor>& x, int64_t) { return c.run_cuda(x); };
+          chunk_used = c.cuda_chunk;
+          r["chunk_size"] = chunk_used;
         }
         torch::manual_seed(1234);
         std::vector<OpInputs> pool;
         for (int64_t i = 0; i < o.pool; ++i) pool.push_back(c.make(shape, dtype, device));
+        if (impl == "cuda") {
+          const std::string why = c.cuda_unsupported(pool[0].diff);
+          if (!why.empty()) {
+            r["skipped"] = why;
+            results.push_back(r);
+            continue;
+          }
+        }
         std::vector<torch::Tensor> grads_out;
         std::vector<torch::Tensor> out0;
         {
           torch::NoGradGuard ng;
-          out0 = c.run(pool[0].diff, chunk);
+          out0 = run(pool[0].diff, chunk_used);
           for (const auto& t : out0) grads_out.push_back(torch::randn_like(t));
         }
-        const Cost cost = op_cost(c, shape, pool[0].diff, out0, chunk);
+        const Cost cost = op_cost(c, shape, pool[0].diff, out0, chunk_used);
         out0.clear();
         if (!device.is_cpu()) {
           sync(device);
@@ -306,12 +334,12 @@ nlohmann::json bench_ops(const BenchOpsOptions& o) {
         }
         auto fwd = [&](int64_t i) {
           torch::NoGradGuard ng;
-          auto out = c.run(pool[static_cast<size_t>(i % o.pool)].diff, chunk);
+          auto out = run(pool[static_cast<size_t>(i % o.pool)].diff, chunk_used);
         };
         auto fwd_bwd = [&](int64_t i) {
           std::vector<torch::Tensor> leaves;
           for (const auto& t : pool[static_cast<size_t>(i % o.pool)].diff) leaves.push_back(t.detach().requires_grad_(true));
-          auto out = c.run(leaves, chunk);
+          auto out = run(leaves, chunk_used);
           auto g = torch::autograd::grad(out, leaves, grads_out, false, false, true);
         };
         std::vector<double> t_fwd, t_fb;

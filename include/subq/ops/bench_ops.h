@@ -18,7 +18,8 @@
 // Ops: gated_delta (beta in [0, 1]), gated_delta_neg (beta in [0, 2]), ssd (Mamba-2; n_groups 1, state
 // dim = the shape's D), mlstm. Shapes are "B,T,H,D" (head dim D for q, k and v). Implementations:
 // "reference" (the chunkwise LibTorch-ops form, src/ops/<op>/reference_chunkwise.cpp) and, where a
-// custom kernel for the device exists, "cuda".
+// custom kernel for the device exists, "cuda" (ssd: subq::ops::ssd_cuda, chunk 64, reported as such; the
+// other ops and unsupported shapes/dtypes/devices are reported as skipped with the reason).
 #pragma once
 
 #include <cstdint>
