@@ -176,6 +176,49 @@ TEST_CASE("mamba2 init follows mamba_ssm", "[mamba2]") {
   CHECK(dt.min().item<double>() >= 1e-3 * (1 - 1e-4));
 }
 
+TEST_CASE("mamba2 gated RMSNorm: hand-written backward equals autograd of the plain expression", "[mamba2]") {
+  // reference: weight * rmsnorm_groups(y * silu(z)) in the compute dtype, cast to y's dtype before the weight
+  auto reference = [](const torch::Tensor& y, const torch::Tensor& z, const torch::Tensor& w, int64_t G, double eps) {
+    auto ct = y.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+    auto h = y.to(ct) * torch::silu(z.to(ct));
+    auto sizes = h.sizes().vec();
+    sizes.back() = G;
+    sizes.push_back(h.size(-1) / G);
+    auto hg = h.view(sizes);
+    hg = hg * torch::rsqrt(hg.pow(2).mean(-1, true) + eps);
+    return w * hg.view(h.sizes()).to(y.scalar_type());
+  };
+  for (auto dt : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
+    for (int64_t G : {1, 3}) {
+      INFO("dtype " << dt << " groups " << G);
+      torch::manual_seed(40 + G);
+      subq::models::GatedRMSNorm norm(30, G, 1e-5);
+      auto wdt = dt == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+      norm->to(wdt);
+      {
+        torch::NoGradGuard ng;
+        norm->weight.copy_(torch::randn({30}, wdt));
+      }
+      auto y0 = torch::randn({2, 7, 30}, torch::kFloat64).to(dt), z0 = (torch::randn({2, 7, 30}) * 2).to(dt);
+      auto y1 = y0.clone().requires_grad_(true), z1 = z0.clone().requires_grad_(true);
+      auto y2 = y0.clone().requires_grad_(true), z2 = z0.clone().requires_grad_(true);
+      auto w2 = norm->weight.detach().clone().requires_grad_(true);
+      auto out = norm(y1, z1);
+      auto ref = reference(y2, z2, w2, G, 1e-5);
+      REQUIRE(out.scalar_type() == ref.scalar_type());
+      const double tol = dt == torch::kFloat64 ? 1e-12 : dt == torch::kFloat32 ? 1e-6 : 1e-2;
+      CHECK(rel_err(out.to(torch::kFloat64), ref.to(torch::kFloat64)) < tol);
+      auto g = torch::randn_like(ref);
+      out.backward(g);
+      ref.backward(g);
+      CHECK(rel_err(y1.grad().to(torch::kFloat64), y2.grad().to(torch::kFloat64)) < tol);
+      CHECK(rel_err(z1.grad().to(torch::kFloat64), z2.grad().to(torch::kFloat64)) < tol);
+      CHECK(rel_err(norm->weight.grad().to(torch::kFloat64), w2.grad().to(torch::kFloat64)) < tol);
+      CHECK(y1.grad().scalar_type() == dt);
+    }
+  }
+}
+
 TEST_CASE("mamba2 is causal", "[mamba2]") {
   torch::manual_seed(2);
   auto m = subq::models::create_model(tiny());

@@ -59,7 +59,8 @@ struct Mamba2LayerState {
 
 // Gated RMSNorm with gate before norm (norm_before_gate = false in mamba_ssm): y = weight * rmsnorm(x * SiLU(z))
 // over G groups of the last dimension, in fp32, cast back to x's dtype before the weight multiplies (as
-// transformers' MambaRMSNormGated).
+// transformers' MambaRMSNormGated). Its backward is hand-written and keeps only x, z and the per-group
+// 1/rms for the backward pass (see mamba2.cpp).
 class GatedRMSNormImpl : public torch::nn::Module {
  public:
   GatedRMSNormImpl(int64_t dim, int64_t groups, double eps);
