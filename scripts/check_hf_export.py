@@ -12,8 +12,9 @@ state_dict (same names and shapes; only a tied lm_head.weight may be absent), so
 left at its random init. When the folder ships tokenizer files, AutoTokenizer must load them too and
 round-trip a string. Prints one JSON object per line: {"case", "max_abs_diff", "ok", "missing",
 "unexpected", ...}, then exits 0 when every case is within --tol,
-1 when one is not, 2 on a load failure and 3 when transformers (or torch/safetensors) is not
-importable (the C++ test then skips).
+1 when one is not, 2 on a load failure and 3 when transformers (or torch/safetensors, or the
+architecture class config.json names, e.g. xLSTMForCausalLM in transformers < 4.55) is not importable
+(the C++ test then skips).
 """
 import argparse
 import json
@@ -35,6 +36,17 @@ def main() -> int:
     except Exception as e:  # noqa: BLE001 - any import problem means "cannot check here"
         print(json.dumps({"skip": f"transformers not importable: {e}"}))
         return 3
+
+    for case in args.case:
+        export_dir = case.rsplit(":", 1)[0]
+        try:
+            with open(os.path.join(export_dir, "config.json")) as f:
+                arch = json.load(f)["architectures"][0]
+        except Exception:  # noqa: BLE001 - a broken folder is reported by the load below
+            continue
+        if not hasattr(transformers, arch):
+            print(json.dumps({"skip": f"transformers {transformers.__version__} has no {arch}"}))
+            return 3
 
     torch.manual_seed(0)
     worst = 0
