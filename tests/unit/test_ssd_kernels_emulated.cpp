@@ -7,8 +7,9 @@
 // Outputs are pre-filled with NaN, so an element the kernels never write fails the comparison.
 //
 // Shapes are small (the emulator runs every thread as a user-level context) but cover several chunks, a
-// ragged last chunk, resets, an initial state, G = 2, head splits, P = 128 (two slices) and strided
-// inputs. Needs the CUDA headers (bf16 types): skipped in builds without CUDA.
+// ragged last chunk, T = 1, exactly one chunk, resets, an initial state, G = 2, head splits, P = 128 (two
+// slices), N = 64 and 128, strided inputs, bf16 and fp16. Needs the CUDA headers (bf16 types): skipped in
+// builds without CUDA.
 #include <torch/torch.h>
 
 #include <cstdio>
