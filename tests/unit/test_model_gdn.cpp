@@ -37,6 +37,12 @@ using torch::indexing::Slice;
 
 namespace {
 
+// Tiny models: more intra-op threads only add synchronisation (and thrash on a shared 2-core machine).
+const bool kOneThread = [] {
+  torch::set_num_threads(1);
+  return true;
+}();
+
 ModelConfig tiny(bool neg = false, bool tied = false, bool conv = true) {
   ModelConfig c;
   c.arch = "gdn";
