@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_check.sh — the whole GPU check in one call (made for the H200 image: Ubuntu 24.04, its torch
 # 2.11.0+cu130, nvcc 13, NCCL, no network): build for sm_90a, run every test (cpu and gpu labels),
-# print the machine, run a short training smoke test on the GPU. Logs and summary.txt go to
+# print the machine, time the ops that have CUDA kernels (gpu_bench_ops.sh), run a short training
+# smoke test on the GPU. Logs and summary.txt go to
 # $OUT (or ./gpu-check-out). Exit status is non-zero when any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,9 +43,18 @@ if [ -x "$BUILD/apps/subq" ]; then
   echo "$LAST_LOG" >> "$summary"
   step tests ctest --test-dir "$BUILD" -L "cpu|gpu" --output-on-failure -j 8
   echo "$LAST_LOG" | grep -E "tests passed|tests failed|^\s+[0-9]+ - " | tee -a "$summary"
+  if [ -x scripts/gpu_bench_ops.sh ]; then
+    step bench-ops env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_bench_ops.sh
+    echo "$LAST_LOG" | grep -E "\] B[0-9]+ T[0-9]+" | tee -a "$summary"
+  fi
   if [ -x scripts/gpu_smoke.sh ]; then
     step smoke env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_smoke.sh
     echo "$LAST_LOG" | tail -3 >> "$summary"
+  fi
+  # data-parallel scaling (weak, same per-GPU batch) where there are >= 2 GPUs; SUBQ_DIST_SCALING=0 skips it
+  if [ "${SUBQ_DIST_SCALING:-1}" != 0 ] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+    step dist-scaling env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/dist_scaling.sh configs/code/transformer-340m.yaml 2 4
+    echo "$LAST_LOG" | tail -6 >> "$summary"
   fi
 fi
 echo "status: $([ $status = 0 ] && echo PASS || echo FAIL)" | tee -a "$summary"

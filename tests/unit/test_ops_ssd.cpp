@@ -8,14 +8,13 @@
 #include <cmath>
 #include <functional>
 
-#include "ops_testing.h"
+#include "op_testing.h"
 #include "subq/core/error.h"
 #include "subq/ops/ssd.h"
 #include "subq_catch.h"
 
 namespace {
 
-[[maybe_unused]] const bool kOneThread = subq::test::use_one_cpu_thread();
 
 using subq::test::require_close;
 using Vec = std::vector<torch::Tensor>;

@@ -8,7 +8,8 @@
 // Which shared keys each architecture reads:
 //   transformer: all of them.
 //   xlstm:  d_model, n_layers (blocks), n_heads (mLSTM and sLSTM heads), d_ff/ffn_multiple_of (SwiGLU of
-//           every block), norm_eps, tie_embeddings, init_std, logit_softcap (30 in the xLSTM configs).
+//           every block), norm_eps, tie_embeddings, init_std (only with xlstm.small_init = false),
+//           logit_softcap (30 in the xLSTM configs).
 //   mamba2: d_model, n_layers (mixer blocks; Mamba-2 has no MLP), norm_eps, tie_embeddings, init_std,
 //           logit_softcap (off by default; not exportable); its heads are derived: expand * d_model /
 //           mamba2.head_dim (n_heads is ignored).
@@ -34,6 +35,7 @@ struct XlstmConfig {
   double igate_bias_init = -10.0;  // mLSTM input-gate bias init
   int64_t chunk_size = 64;         // mLSTM chunkwise form
   int64_t slstm_conv_kernel = 4;   // causal conv (+SiLU) feeding the sLSTM i, f gates; 0 = none
+  bool small_init = true;          // input-side weights ~ N(0, sqrt(2 / (5 d_model))) as NX-AI; false = init_std
 
   // (a, b) from pattern; throws nothing (check() validates the string).
   std::pair<int64_t, int64_t> ratio() const {
@@ -58,6 +60,9 @@ struct XlstmConfig {
     s.field("chunk_size", &XlstmConfig::chunk_size, "chunk length of the chunkwise mLSTM").min(1);
     s.field("slstm_conv_kernel", &XlstmConfig::slstm_conv_kernel,
             "taps of the causal conv (+SiLU) before the sLSTM input/forget gates; 0 = no conv").min(0);
+    s.field("small_init", &XlstmConfig::small_init,
+            "embeddings, lm_head and the input-side projections (q, k, v, SwiGLU up, sLSTM gates) drawn from "
+            "N(0, sqrt(2 / (5 d_model))) (\"small init\", as NX-AI's xLSTM); false = N(0, model.init_std)");
     s.check("pattern", [](const XlstmConfig& x) {
       const auto& p = x.pattern;
       auto c = p.find(':');

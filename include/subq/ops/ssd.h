@@ -28,9 +28,18 @@
 // ssd_chunkwise is the SSD block decomposition (intra-chunk (C B^T o L)(Delta x) for all chunks in one
 // batched matmul, a loop over chunks only for the carried state). Both are differentiable with respect
 // to every tensor argument (not reset).
+//
+// CUDA kernels (src/ops/ssd/ssd_cuda_*.cu, design and numbers in docs/perf/ssd.md): ssd_cuda (chunkwise
+// forward and backward as one autograd function, chunk size 64) and ssd_step_cuda (fused decode step).
+// Models call the dispatching entries ssd() and ssd_decode(): they take the kernel when SUBQ_OPS_IMPL
+// (subq/ops/ops_impl.h) is auto or cuda and the call is supported, else the reference forms. Example:
+//   auto r = subq::ops::ssd(x, dt, A, B, C, D, h0, reset);   // CUDA bf16 [B,H,T,64k] x [B,G,T,64|128]: kernel
+//   // SUBQ_OPS_IMPL=reference: ssd_chunkwise(..., chunk_size) everywhere, e.g. to compare
 #pragma once
 
 #include <torch/torch.h>
+
+#include <string>
 
 namespace subq::ops {
 
@@ -55,5 +64,43 @@ SsdResult ssd_chunkwise(const torch::Tensor& x, const torch::Tensor& dt, const t
 SsdResult ssd_step(const torch::Tensor& x_t, const torch::Tensor& dt_t, const torch::Tensor& A,
                    const torch::Tensor& B_t, const torch::Tensor& C_t, const torch::Tensor& D,
                    const torch::Tensor& state);
+
+// ---- kernels and dispatch ------------------------------------------------------------------------------
+
+// The dispatching entry for sequences (what models call). With SUBQ_OPS_IMPL=auto (the default): ssd_cuda
+// when ssd_cuda_unsupported(x, B) is empty, else ssd_chunkwise(..., chunk_size); =reference: always
+// ssd_chunkwise; =cuda: always ssd_cuda (throws when unsupported). chunk_size applies to the reference
+// only (the kernels use 64). Same arguments, result and autograd behaviour as ssd_chunkwise.
+SsdResult ssd(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A, const torch::Tensor& B,
+              const torch::Tensor& C, const torch::Tensor& D = {}, const torch::Tensor& initial_state = {},
+              const torch::Tensor& reset = {}, int64_t chunk_size = 64);
+
+// The CUDA kernels: chunkwise forward (a sequential scan over 64-token chunks carrying the fp32 state, then
+// per-chunk outputs) and backward (reverse scan, per-chunk gradients) as one torch::autograd::Function.
+// Differentiable w.r.t. x, dt, A, B, C, D and initial_state. fp32 accumulation and fp32 carried states;
+// the per-chunk states handed between kernels (and saved for the backward) are in the operand dtype.
+// Throws subq::InputError when unsupported (see ssd_cuda_unsupported).
+SsdResult ssd_cuda(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A, const torch::Tensor& B,
+                   const torch::Tensor& C, const torch::Tensor& D = {}, const torch::Tensor& initial_state = {},
+                   const torch::Tensor& reset = {});
+
+// "" when ssd_cuda can run x [B, H, T, P] and B [B, G, T, N] (given arguments that pass the usual
+// checks), else why not: kernels built (nvcc at configure time), x on a CUDA device with a kernel image
+// (sm_90a by default, SUBQ_CUDA_ARCHS), x / B / C in bf16 or fp16, P a multiple of 64, N = 64 or 128,
+// T >= 1, B, H, G <= 65535. Any strides with a contiguous last dimension and 16-byte aligned rows are
+// used in place; other layouts are copied. dt, A, D, initial_state may have any float dtype.
+std::string ssd_cuda_unsupported(const torch::Tensor& x, const torch::Tensor& B);
+
+// The fused decode step (ssd_step semantics and arguments) on CUDA; x_t, B_t, C_t in fp32, bf16 or fp16,
+// N a multiple of 4. No backward: throws when gradients are required.
+SsdResult ssd_step_cuda(const torch::Tensor& x_t, const torch::Tensor& dt_t, const torch::Tensor& A,
+                        const torch::Tensor& B_t, const torch::Tensor& C_t, const torch::Tensor& D,
+                        const torch::Tensor& state);
+
+// The dispatching decode step: ssd_step_cuda when SUBQ_OPS_IMPL allows, the tensors are on CUDA and no
+// gradient is needed, else ssd_step.
+SsdResult ssd_decode(const torch::Tensor& x_t, const torch::Tensor& dt_t, const torch::Tensor& A,
+                     const torch::Tensor& B_t, const torch::Tensor& C_t, const torch::Tensor& D,
+                     const torch::Tensor& state);
 
 }  // namespace subq::ops

@@ -1,0 +1,74 @@
+// cmd_bench_ops.cpp — `subq bench ops [--op NAME ...] [--impl reference|cuda ...] [--shape B,T,H,D ...]
+// [--dtype bf16] [--iters N] [--warmup N] [--out bench/results/X.json]`: forward and forward+backward
+// times of the recurrence ops beside the roofline floor measured on this machine (ops/bench_ops.h).
+// Defaults are issue 6's shapes (B8 T4096 H16 D128 and B2 T16384 H16 D128, bf16). The result JSON goes
+// to stdout and, with --out, to a file (atomically; parent directories created).
+#include <cstdio>
+#include <filesystem>
+
+#include "apps/cli.h"
+#include "subq/core/fs.h"
+#include "subq/core/log.h"
+#include "subq/ops/bench_ops.h"
+
+namespace subq::cli {
+
+namespace {
+void add_bench_ops_command(CLI::App& app, Context& ctx) {
+  auto* cmd = bench_command(app)->add_subcommand("ops", "recurrence op times (fwd, fwd+bwd) vs the roofline floor");
+  struct Opts {
+    std::vector<std::string> ops, impls, shapes;
+    std::string device = "auto", dtype = "bf16", out;
+    int64_t iters = 20, warmup = 3, pool = 4, chunk = 0;
+    bool no_backward = false;
+  };
+  static Opts o;
+  cmd->add_option("--op", o.ops, "op(s): gated_delta, gated_delta_neg, ssd, mlstm (default: all)")->take_all();
+  cmd->add_option("--impl", o.impls, "implementation(s): reference, cuda (default: reference)")->take_all();
+  cmd->add_option("--shape", o.shapes, "B,T,H,D (repeatable; default 8,4096,16,128 and 2,16384,16,128)")->take_all();
+  cmd->add_option("--device", o.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  cmd->add_option("--dtype", o.dtype, "bf16 | fp16 | fp32")->capture_default_str();
+  cmd->add_option("--chunk", o.chunk, "chunk size; 0 = the op's default")->capture_default_str();
+  cmd->add_option("--iters", o.iters, "timed calls per measurement")->capture_default_str();
+  cmd->add_option("--warmup", o.warmup, "untimed calls first")->capture_default_str();
+  cmd->add_option("--pool", o.pool, "fresh input sets cycled through")->capture_default_str();
+  cmd->add_flag("--no-backward", o.no_backward, "time the forward only");
+  cmd->add_option("-o,--out", o.out, "also write the result JSON here (e.g. bench/results/ops-h200.json)");
+  cmd->callback([&ctx] {
+    ctx.action = [&ctx] {
+      ops::BenchOpsOptions bo;
+      if (!o.ops.empty()) bo.ops = o.ops;
+      if (!o.impls.empty()) bo.impls = o.impls;
+      if (!o.shapes.empty()) {
+        bo.shapes.clear();
+        for (const auto& s : o.shapes) bo.shapes.push_back(ops::parse_op_shape(s));
+      }
+      bo.device = o.device;
+      bo.dtype = o.dtype;
+      bo.chunk_size = o.chunk;
+      bo.iters = o.iters;
+      bo.warmup = o.warmup;
+      bo.pool = o.pool;
+      bo.backward = !o.no_backward;
+      bo.argv = ctx.argv;
+      nlohmann::json r = ops::bench_ops(bo);
+      const std::string text = r.dump(2) + "\n";
+      std::fputs(text.c_str(), stdout);
+      std::fflush(stdout);
+      if (!o.out.empty()) {
+        auto parent = std::filesystem::path(o.out).parent_path();
+        std::error_code ec;
+        if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+        fsx::write_file_atomic(o.out, text);
+        log::info(str("result written to ", o.out));
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace
+
+SUBQ_REGISTER_COMMAND(91, add_bench_ops_command);
+
+}  // namespace subq::cli

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# gpu_bench_ops.sh — the op benchmarks of scripts/gpu_check.sh: `subq bench ops` for the ops that have
+# subq CUDA kernels, reference and kernel side by side at issue 6's shapes (B8 T4096 H16 D128 and
+# B2 T16384 H16 D128, bf16). Needs $SUBQ (the binary) and $OUT (where the JSON goes).
+set -euo pipefail
+SUBQ=${SUBQ:-build-gpu/apps/subq}
+OUT=${OUT:-gpu-check-out}
+mkdir -p "$OUT"
+"$SUBQ" bench ops --op ssd --impl reference cuda --out "$OUT/bench-ops-ssd-h200.json"

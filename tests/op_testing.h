@@ -1,0 +1,179 @@
+// op_testing.h — helpers for the recurrence-op tests (tests/unit/test_ops_*.cpp, later tests/gpu/): the
+// relative RMS error of DESIGN.md with a finiteness check, seeded random tensors, a scalar projection of
+// outputs for gradient comparisons, autograd gradients, and finite-difference gradient checks in fp64
+// (LibTorch C++ has no gradcheck).
+//
+// Non-obvious decisions:
+//  * rel_rms(a, b) = ||a - b|| / ||b|| in fp64; NaN when either side has a non-finite value, so a check
+//    `rel_rms(...) < tol` fails on NaN (NaN never passes); ||b|| == 0 gives ||a - b|| (absolute).
+//    require_close() also checks shapes and finiteness explicitly for a readable failure.
+//    SUBQ_OPS_TEST_REPORT=1 prints every measured error to stderr (for lab notes).
+//  * Including this header pins LibTorch to one intra-op thread: the op tests run thousands of tiny ops
+//    for which OpenMP threads only spin against each other on a shared, loaded 2-core machine (measured:
+//    test_ops_mlstm 65 s wall with 2 threads vs 4 s with 1).
+//  * Two finite-difference front ends share one central-difference core: fd_gradcheck() requires
+//    |numeric - autograd| <= atol + rtol * |numeric| per element (and a gradient that is not all zero),
+//    grad_check() returns the worst error per input for the caller to judge against the gradient scale.
+#pragma once
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "subq_catch.h"
+
+namespace subq::test {
+
+using ScalarFn = std::function<torch::Tensor(const std::vector<torch::Tensor>&)>;
+
+inline const bool kOpTestsSingleThreaded = [] {
+  torch::set_num_threads(1);
+  return true;
+}();
+
+inline bool all_finite(const torch::Tensor& t) { return torch::isfinite(t.detach()).all().item<bool>(); }
+
+inline double rel_rms(const torch::Tensor& a, const torch::Tensor& b) {
+  torch::NoGradGuard ng;
+  auto ad = a.detach().to(torch::kCPU, torch::kDouble), bd = b.detach().to(torch::kCPU, torch::kDouble);
+  if (!all_finite(ad) || !all_finite(bd)) return std::nan("");
+  const double nb = bd.norm().item<double>();
+  const double nd = (ad - bd).norm().item<double>();
+  return nb > 0 ? nd / nb : nd;
+}
+
+// Requires `actual` finite, of `expected`'s shape, and rel_rms(actual, expected) < tol.
+inline void require_close(const std::string& what, const torch::Tensor& actual, const torch::Tensor& expected,
+                          double tol) {
+  INFO(what);
+  REQUIRE(actual.defined());
+  REQUIRE(expected.defined());
+  REQUIRE(actual.sizes() == expected.sizes());
+  REQUIRE(all_finite(actual));
+  REQUIRE(all_finite(expected));
+  const double e = rel_rms(actual, expected);
+  INFO("relative RMS error " << e << " (tolerance " << tol << ")");
+  if (std::getenv("SUBQ_OPS_TEST_REPORT")) std::fprintf(stderr, "[rel_rms] %.3e (tol %.0e) %s\n", e, tol, what.c_str());
+  REQUIRE(e < tol);
+}
+
+// A generator-seeded normal tensor (fp64 values, then cast), so tests draw the same inputs everywhere.
+inline torch::Tensor randn(at::IntArrayRef shape, uint64_t seed, double scale = 1.0, double shift = 0.0,
+                           torch::ScalarType dtype = torch::kDouble) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return (at::normal(0.0, 1.0, shape, gen, torch::TensorOptions().dtype(torch::kDouble)) * scale + shift).to(dtype);
+}
+
+inline torch::Tensor rand_mask(at::IntArrayRef shape, uint64_t seed, double p) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::rand(shape, gen, torch::TensorOptions().dtype(torch::kDouble)).lt(p);
+}
+
+// sum_i <outs[i], w_i> with fixed random w_i (seeded by position): a scalar that depends on every output
+// element, for gradient comparisons.
+inline torch::Tensor project(const std::vector<torch::Tensor>& outs, uint64_t seed = 1234) {
+  torch::Tensor loss;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    auto w = randn(outs[i].sizes(), seed + i).to(outs[i].device());
+    auto term = (outs[i].to(torch::kDouble) * w).sum();
+    loss = loss.defined() ? loss + term : term;
+  }
+  return loss;
+}
+
+// sum(out * w) for a fixed weight tensor w of out's shape (cast to out's dtype).
+inline torch::Tensor weighted_sum(const torch::Tensor& out, const torch::Tensor& w) {
+  return (out * w.to(out.scalar_type())).sum();
+}
+
+// Gradients of loss_fn(inputs) w.r.t. every input (inputs become detached copies that require grad);
+// an input the loss does not use gets an undefined gradient.
+inline std::vector<torch::Tensor> grads_of(const ScalarFn& loss_fn, const std::vector<torch::Tensor>& inputs) {
+  std::vector<torch::Tensor> leaves;
+  for (const auto& t : inputs) leaves.push_back(t.detach().clone().requires_grad_(true));
+  torch::Tensor loss = loss_fn(leaves);
+  return torch::autograd::grad({loss}, leaves, /*grad_outputs=*/{}, /*retain_graph=*/false,
+                               /*create_graph=*/false, /*allow_unused=*/true);
+}
+
+// The central-difference core: for input i (fp64), calls visit(element, numeric) for every `stride`-th
+// element, with numeric = (f(x + eps e) - f(x - eps e)) / (2 eps).
+inline void central_differences(const ScalarFn& f, const std::vector<torch::Tensor>& inputs, size_t i,
+                                int64_t max_elems, double eps,
+                                const std::function<void(int64_t, double)>& visit) {
+  torch::NoGradGuard ng;
+  std::vector<torch::Tensor> probe;
+  for (const auto& x : inputs) probe.push_back(x.detach().to(torch::kDouble).clone().contiguous());
+  double* p = probe[i].data_ptr<double>();
+  const int64_t n = probe[i].numel();
+  const int64_t stride = n > max_elems ? (n + max_elems - 1) / max_elems : 1;
+  for (int64_t e = 0; e < n; e += stride) {
+    const double keep = p[e];
+    p[e] = keep + eps;
+    const double up = f(probe).item<double>();
+    p[e] = keep - eps;
+    const double down = f(probe).item<double>();
+    p[e] = keep;
+    visit(e, (up - down) / (2 * eps));
+  }
+}
+
+// Requires every autograd gradient to match central differences element-wise (inputs must be fp64):
+// |numeric - autograd| <= atol + rtol * |numeric|; checks up to max_elems evenly spaced elements per input
+// and that no gradient is identically zero (every input here must influence the loss).
+inline void fd_gradcheck(const std::string& what, const ScalarFn& loss_fn, const std::vector<torch::Tensor>& inputs,
+                         const std::vector<std::string>& names, int64_t max_elems = 1 << 30, double eps = 1e-6,
+                         double atol = 1e-7, double rtol = 1e-5) {
+  INFO(what);
+  std::vector<torch::Tensor> analytic = grads_of(loss_fn, inputs);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    INFO("input " << names.at(i));
+    REQUIRE(inputs[i].scalar_type() == torch::kFloat64);
+    REQUIRE(analytic[i].defined());
+    REQUIRE(all_finite(analytic[i]));
+    torch::Tensor ana = analytic[i].reshape({-1});
+    central_differences(loss_fn, inputs, i, max_elems, eps, [&](int64_t e, double num) {
+      const double a = ana[e].item<double>();
+      INFO("element " << e << ": numeric " << num << ", autograd " << a);
+      REQUIRE(std::abs(num - a) <= atol + rtol * std::abs(num));
+    });
+    REQUIRE(ana.abs().max().item<double>() > 0.0);
+  }
+}
+
+struct GradCheck {
+  std::string name;
+  double max_err = 0;   // max |autograd - finite difference| over the input's elements
+  double max_grad = 0;  // max |finite difference| (the scale)
+  bool ok(double tol) const { return std::isfinite(max_err) && max_err <= tol * (1.0 + max_grad); }
+};
+
+// The worst |autograd - finite difference| per input, every element, in fp64 (inputs are copied to fp64).
+inline std::vector<GradCheck> grad_check(const ScalarFn& f, const std::vector<torch::Tensor>& inputs,
+                                         const std::vector<std::string>& names, double eps = 1e-6) {
+  std::vector<torch::Tensor> fp64;
+  for (const auto& x : inputs) fp64.push_back(x.detach().to(torch::kDouble));
+  auto grads = grads_of(f, fp64);
+  std::vector<GradCheck> out;
+  for (size_t i = 0; i < fp64.size(); ++i) {
+    GradCheck gc{names.at(i)};
+    auto g = (grads[i].defined() ? grads[i] : torch::zeros_like(fp64[i])).reshape({-1}).contiguous();
+    const double* gp = g.data_ptr<double>();
+    central_differences(f, fp64, i, 1 << 30, eps, [&](int64_t e, double fd) {
+      gc.max_err = std::max(gc.max_err, std::abs(fd - gp[e]));
+      if (!std::isfinite(fd) || !std::isfinite(gp[e])) gc.max_err = std::nan("");
+      gc.max_grad = std::max(gc.max_grad, std::abs(fd));
+    });
+    out.push_back(gc);
+  }
+  return out;
+}
+
+}  // namespace subq::test
