@@ -25,7 +25,8 @@ the folder ships tokenizer files, AutoTokenizer must load them and round-trip a 
 from_pretrained's missing / unexpected / mismatched keys must all be empty.
 Prints one JSON object per line: {"case", "class", "max_abs_diff", "missing_keys", "ok", ...}, then exits 0 when every case is
 within tolerance, 1 when one is not, 2 on a load failure and 3 when transformers (or torch/safetensors,
-or the package a model_type needs) is not importable (the C++ tests then skip).
+or the package a model_type needs, or the architecture class config.json names, e.g. xLSTMForCausalLM
+in transformers < 4.55) is not importable (the C++ tests then skip).
 """
 import argparse
 import json
@@ -150,6 +151,20 @@ def main() -> int:
         print(json.dumps({"skip": f"transformers not importable: {e}"}))
         return 3
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+    for case in args.case:
+        export_dir = case.rsplit(":", 1)[0]
+        try:
+            with open(os.path.join(export_dir, "config.json")) as f:
+                folder_cfg = json.load(f)
+            arch = folder_cfg["architectures"][0]
+        except Exception:  # noqa: BLE001 - a broken folder is reported by the load below
+            continue
+        if folder_cfg.get("model_type") in REFERENCE_PACKAGES:  # classes from another package (fla)
+            continue
+        if not hasattr(transformers, arch):
+            print(json.dumps({"skip": f"transformers {transformers.__version__} has no {arch}"}))
+            return 3
 
     torch.manual_seed(0)
     worst = 0

@@ -105,7 +105,8 @@ fi
 if [ "${SUBQ_TEST_EXTRAS:-0}" = 1 ]; then
   need=()
   "$PY" -c "import tokenizers" 2>/dev/null || need+=(tokenizers)
-  "$PY" -c "import transformers" 2>/dev/null || need+=(transformers)
+  # transformers >= 4.56: the xLSTM export test needs xLSTMForCausalLM (4.55+), check_hf_export.py dtype= (4.56+)
+  "$PY" -c "from transformers import xLSTMForCausalLM" 2>/dev/null || need+=("transformers>=4.56")
   "$PY" -c "import safetensors" 2>/dev/null || need+=(safetensors)
   # fla pins transformers>=5.6.2,<6; pip upgrades an older transformers to satisfy it
   # (checked through package metadata: importing fla takes seconds, it loads its Triton kernels)

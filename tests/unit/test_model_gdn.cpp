@@ -537,8 +537,10 @@ TEST_CASE("configs/code/gdn-340m.yaml: flame's 340M Gated DeltaNet, and the [-1,
   CHECK(c.model.norm_eps == 1e-6);
   CHECK_FALSE(c.model.gdn.allow_neg_eigval);
   CHECK(c.data.seq_len == 4096);
-  CHECK(c.train.batch_size == 8);
-  CHECK(c.train.grad_accum == 4);
+  // 32 x 4096 tokens per step as 2 per micro-batch x 16 (8 per micro-batch runs out of memory on an
+  // H200 with the reference op)
+  CHECK(c.train.batch_size * c.train.grad_accum == 32);
+  CHECK(c.train.batch_size == 2);
   CHECK(c.model.max_seq_len >= c.data.seq_len);
   CHECK(subq::models::gdn_param_count(c.model) == 479504124);
   auto untied = c.model;

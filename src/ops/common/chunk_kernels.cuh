@@ -3,6 +3,10 @@
 // loads with zero fill, vectorised tile stores, fragment visitors and row/column reductions, and the
 // per-chunk decay scan (cumulative log-decay and document ids from reset flags).
 //
+// The inline-PTX instructions (cp.async, ldmatrix, mma) and the dynamic shared memory declaration have
+// a second definition under SUBQ_CK_EMULATE: the CPU emulator of tests/emu/cuda_emu.h, which runs these
+// kernels thread by thread in the unit tests.
+//
 // Conventions (all kernels built on this header):
 //  * A chunk is kChunk = 64 tokens. Tiles live in shared memory row-major with a pitch of (width + 8)
 //    elements: 16 extra bytes per row put the 8 rows an ldmatrix phase reads into 8 different 16-byte
@@ -25,8 +29,23 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "ops/common/mma_layout.h"
+
+// `#pragma unroll` for nvcc only (host compilers of the emulation test would warn about it).
+#if defined(__CUDACC__)
+#define SUBQ_UNROLL _Pragma("unroll")
+#else
+#define SUBQ_UNROLL
+#endif
+
+// Kernels declare their dynamic shared memory with this (a plain pointer under the CPU emulator).
+#if defined(SUBQ_CK_EMULATE)
+#define SUBQ_DYNAMIC_SMEM(name) unsigned char* name = ::emu::dynamic_smem()
+#else
+#define SUBQ_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 namespace subq::ops::ck {
 
@@ -35,10 +54,16 @@ constexpr unsigned kFullMask = 0xffffffffu;
 
 // Shared-memory pitch (elements) of a tile `width` elements wide.
 __host__ __device__ constexpr int pitch_of(int width) { return width + 8; }
+// Pitch of tiles one chunk wide (L x L matrices, 64-wide slices).
+constexpr int kChunkPitch = pitch_of(kChunk);
+// Width of the slices the head dimension is processed in (P must be a multiple).
+constexpr int kSlice = 64;
 
+#if !defined(SUBQ_CK_EMULATE)
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+#endif
 
 // ---- element conversions ------------------------------------------------------------------------------
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -54,28 +79,40 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
+// Reinterprets the bits of a 4-byte value (memcpy under the host emulator, where type punning through
+// pointers would break strict aliasing; a register move on the device either way).
+template <typename To, typename From>
+__device__ __forceinline__ To bit_cast4(const From& f) {
+  static_assert(sizeof(To) == 4 && sizeof(From) == 4, "4-byte values only");
+#if defined(SUBQ_CK_EMULATE)
+  To t;
+  std::memcpy(static_cast<void*>(&t), static_cast<const void*>(&f), 4);
+  return t;
+#else
+  return *reinterpret_cast<const To*>(&f);
+#endif
+}
+
 // Two consecutive 16-bit elements <-> two floats (lo = the lower address).
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi);
 template <>
 __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
+  return bit_cast4<uint32_t>(__floats2bfloat162_rn(lo, hi));
 }
 template <>
 __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
+  return bit_cast4<uint32_t>(__floats2half2_rn(lo, hi));
 }
 template <typename T>
 __device__ __forceinline__ float2 unpack2(uint32_t v);
 template <>
 __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t v) {
-  return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&v));
+  return __bfloat1622float2(bit_cast4<__nv_bfloat162>(v));
 }
 template <>
 __device__ __forceinline__ float2 unpack2<__half>(uint32_t v) {
-  return __half22float2(*reinterpret_cast<__half2*>(&v));
+  return __half22float2(bit_cast4<__half2>(v));
 }
 // The pair v scaled by w (rounded back to T).
 template <typename T>
@@ -93,6 +130,16 @@ __device__ __forceinline__ float2 load2(const T* p) {
 }
 
 // ---- cp.async -------------------------------------------------------------------------------------------
+#if defined(SUBQ_CK_EMULATE)
+// The CPU emulator (tests/emu/cuda_emu.h) provides the instructions.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) { ::emu::cp_async(dst, src, 16, valid); }
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) { ::emu::cp_async(dst, src, 4, valid); }
+__device__ __forceinline__ void cp_async_commit() { ::emu::cp_async_commit(); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  ::emu::cp_async_wait(kPending);
+}
+#else
 // 16 bytes global -> shared; when !valid nothing is read and the 16 bytes are zero-filled (src must still
 // be a valid address).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
@@ -111,6 +158,7 @@ template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
+#endif
 
 // Tile of kRows x kWidth elements (kWidth * sizeof(T) a multiple of 16) whose row r starts at
 // src + r * src_stride, into shared memory at dst with pitch `pitch`; rows >= rows_valid are zeros.
@@ -169,6 +217,16 @@ __device__ __forceinline__ void scale_tile_rows(T* tile, int pitch, const float*
 }
 
 // ---- ldmatrix / mma -------------------------------------------------------------------------------------
+#if defined(SUBQ_CK_EMULATE)
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) { ::emu::ldmatrix_x4(r, p, false); }
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) { ::emu::ldmatrix_x4(r, p, true); }
+template <typename T>
+struct Mma {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    ::emu::mma_m16n8k16<T>(d, a, b0, b1);
+  }
+};
+#else
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -202,6 +260,7 @@ struct Mma<__half> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 };
+#endif
 
 // acc (16 x 8 NT, rows m0.., columns n0..) += A (16 x K) * B (K x 8 NT), K a multiple of 16, NT even.
 //   A: kAKMajor = false: element (m, k) at A[m * lda + k]  (row-major, e.g. C[t][n] for C B^T)
@@ -224,7 +283,7 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], const T* A, int l
       const RowCol p = ldsm_a_k_major(lane, m0, k0);
       ldsm_x4_trans(a, A + p.row * lda + p.col);
     }
-#pragma unroll
+SUBQ_UNROLL
     for (int j = 0; j < NT; j += 2) {
       uint32_t b[4];
       if constexpr (!kBKMajor) {
@@ -242,7 +301,7 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], const T* A, int l
 
 template <int NT>
 __device__ __forceinline__ void zero(float (&acc)[NT][4]) {
-#pragma unroll
+SUBQ_UNROLL
   for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 }
 
@@ -252,9 +311,9 @@ __device__ __forceinline__ void zero(float (&acc)[NT][4]) {
 template <int NT, typename F>
 __device__ __forceinline__ void for_each_frag(int m0, int n0, F&& f) {
   const int lane = threadIdx.x & 31;
-#pragma unroll
+SUBQ_UNROLL
   for (int j = 0; j < NT; ++j)
-#pragma unroll
+SUBQ_UNROLL
     for (int i = 0; i < 4; ++i) {
       const RowCol p = acc_position(lane, j, i);
       f(j, i, m0 + p.row, n0 + p.col);
@@ -264,7 +323,7 @@ __device__ __forceinline__ void for_each_frag(int m0, int n0, F&& f) {
 // Scales fragment rows: row m0 + g by s_lo, row m0 + g + 8 by s_hi.
 template <int NT>
 __device__ __forceinline__ void scale_rows(float (&acc)[NT][4], float s_lo, float s_hi) {
-#pragma unroll
+SUBQ_UNROLL
   for (int j = 0; j < NT; ++j) {
     acc[j][0] *= s_lo;
     acc[j][1] *= s_lo;
@@ -277,7 +336,7 @@ __device__ __forceinline__ void scale_rows(float (&acc)[NT][4], float s_lo, floa
 template <typename T, int NT>
 __device__ __forceinline__ void store_frag(T* tile, int pitch, const float (&acc)[NT][4], int m0, int n0) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-#pragma unroll
+SUBQ_UNROLL
   for (int j = 0; j < NT; ++j) {
     const int col = n0 + 8 * j + 2 * q;
     store2(tile + (m0 + g) * pitch + col, acc[j][0], acc[j][1]);
@@ -291,7 +350,7 @@ template <typename T, int NT>
 __device__ __forceinline__ float2 row_dot(const float (&acc)[NT][4], const T* w, int pitch, int m0, int n0) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   float lo = 0.f, hi = 0.f;
-#pragma unroll
+SUBQ_UNROLL
   for (int j = 0; j < NT; ++j) {
     const int col = n0 + 8 * j + 2 * q;
     const float2 a = load2(w + (m0 + g) * pitch + col), b = load2(w + (m0 + g + 8) * pitch + col);
@@ -309,7 +368,7 @@ __device__ __forceinline__ float2 row_dot(const float (&acc)[NT][4], const T* w,
 template <int NT>
 __device__ __forceinline__ float2 row_sums(const float (&acc)[NT][4]) {
   float lo = 0.f, hi = 0.f;
-#pragma unroll
+SUBQ_UNROLL
   for (int j = 0; j < NT; ++j) {
     lo += acc[j][0] + acc[j][1];
     hi += acc[j][2] + acc[j][3];
@@ -325,10 +384,10 @@ __device__ __forceinline__ float2 row_sums(const float (&acc)[NT][4]) {
 // n0 + 8j + 2q (.x) and + 1 (.y); other lanes hold partial values.
 template <int NT>
 __device__ __forceinline__ void col_sums(const float (&acc)[NT][4], float2 (&out)[NT]) {
-#pragma unroll
+SUBQ_UNROLL
   for (int j = 0; j < NT; ++j) {
     float a = acc[j][0] + acc[j][2], b = acc[j][1] + acc[j][3];
-#pragma unroll
+SUBQ_UNROLL
     for (int off = 4; off < 32; off <<= 1) {
       a += __shfl_xor_sync(kFullMask, a, off);
       b += __shfl_xor_sync(kFullMask, b, off);
@@ -338,7 +397,7 @@ __device__ __forceinline__ void col_sums(const float (&acc)[NT][4], float2 (&out
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
+SUBQ_UNROLL
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
   return v;
 }
@@ -358,7 +417,7 @@ __device__ __forceinline__ LaneDecay chunk_decay_warp(const float* dt, const int
   const int r0 = rst ? (rst[t0] != 0) : 0, r1 = rst ? (rst[t0 + 1] != 0) : 0;
   float s = a0 + a1;
   int rs = r0 + r1;
-#pragma unroll
+SUBQ_UNROLL
   for (int off = 1; off < 32; off <<= 1) {
     const float v = __shfl_up_sync(kFullMask, s, off);
     const int w = __shfl_up_sync(kFullMask, rs, off);
@@ -388,7 +447,7 @@ __device__ __forceinline__ int2 chunk_segments_warp(const int* rst) {
   const int lane = threadIdx.x & 31;
   const int r0 = rst ? (rst[2 * lane] != 0) : 0, r1 = rst ? (rst[2 * lane + 1] != 0) : 0;
   int rs = r0 + r1;
-#pragma unroll
+SUBQ_UNROLL
   for (int off = 1; off < 32; off <<= 1) {
     const int v = __shfl_up_sync(kFullMask, rs, off);
     if (lane >= off) rs += v;
@@ -400,7 +459,7 @@ __device__ __forceinline__ int2 chunk_segments_warp(const int* rst) {
 __device__ __forceinline__ float2 suffix_sum_warp(float v0, float v1) {
   const int lane = threadIdx.x & 31;
   float s = v0 + v1;
-#pragma unroll
+SUBQ_UNROLL
   for (int off = 1; off < 32; off <<= 1) {
     const float u = __shfl_down_sync(kFullMask, s, off);
     if (lane + off < 32) s += u;
