@@ -23,8 +23,10 @@
 //    the Transformer. Inside the chunkwise op autocast makes the matmuls bf16 with fp32 accumulation while
 //    the carried state stays fp32 — the precision regime of fla's Triton kernels.
 //  * Decoding: the cache holds the conv inputs and the recurrent state per layer; a multi-token step runs
-//    the chunkwise op and the parallel conv from the cache (prefill, or a prompt in pieces), a one-token
-//    step runs gated_delta_step and short_conv_step. The state is O(1) in the sequence length; max_len
+//    the sequence op and the parallel conv from the cache (prefill, or a prompt in pieces), a one-token
+//    step runs the decode step and short_conv_step. The recurrence goes through the dispatching entries
+//    ops::gated_delta / ops::gated_delta_decode: CUDA kernels on the GPU (SUBQ_OPS_IMPL), references
+//    elsewhere. The state is O(1) in the sequence length; max_len
 //    only bounds the number of tokens a decode state accepts (the LanguageModel contract).
 //  * logit_softcap is refused: fla's GatedDeltaNet has none and gdn models are meant to be exportable.
 //  * Training memory. The gated output norm is one autograd Function (GatedRmsNormFunction) that keeps
@@ -198,13 +200,13 @@ torch::Tensor GatedDeltaNetLayerImpl::forward(const torch::Tensor& x, const torc
   opts.l2_normalize_qk = true;
   torch::Tensor o;  // [B, T, H, dv]
   if (one_step) {
-    auto r = ops::gated_delta_step(q.view({B, heads_, dk_}), k.view({B, heads_, dk_}), v.view({B, heads_, dv_}),
+    auto r = ops::gated_delta_decode(q.view({B, heads_, dk_}), k.view({B, heads_, dk_}), v.view({B, heads_, dv_}),
                                    g.select(1, 0), beta.select(1, 0), cache->state, opts);
     cache->state = r.final_state;
     o = r.o.unsqueeze(1);
   } else {
     auto head_first = [&](const torch::Tensor& t, int64_t dim) { return t.view({B, T, heads_, dim}).transpose(1, 2); };
-    auto r = ops::gated_delta_chunkwise(head_first(q, dk_), head_first(k, dk_), head_first(v, dv_),
+    auto r = ops::gated_delta(head_first(q, dk_), head_first(k, dk_), head_first(v, dv_),
                                         g.transpose(1, 2), beta.transpose(1, 2),
                                         cache ? cache->state : torch::Tensor(), reset, opts);
     if (cache) cache->state = r.final_state;

@@ -32,6 +32,14 @@
 // gated_delta_chunkwise uses the WY/UT transform inside each chunk (one batched triangular solve for all
 // chunks), a loop over chunks only for the carried state. Both are differentiable with respect to every
 // tensor argument (not reset).
+//
+// CUDA kernels (src/ops/gated_delta/gated_delta_cuda*.{cu,cuh,cpp}; design and numbers in
+// docs/perf/gated_delta.md): gated_delta_cuda runs the chunkwise form with the sequential loop over chunks
+// replaced by fp32 scan kernels (forward and reverse, a custom autograd function); the chunk-parallel
+// parts are the reference's LibTorch ops in fp32. gated_delta_step_cuda is a fused decode-step kernel.
+// Models call the dispatching entries gated_delta() and gated_delta_decode(), which take the kernels when
+// SUBQ_OPS_IMPL (subq/ops/ops_impl.h) allows and the call is supported, else the references:
+//   auto r = subq::ops::gated_delta(q, k, v, g, beta, s0, reset, opts);  // CUDA bf16, Dk 128: kernels
 #pragma once
 
 #include <torch/torch.h>
@@ -65,5 +73,39 @@ GatedDeltaResult gated_delta_chunkwise(const torch::Tensor& q, const torch::Tens
 GatedDeltaResult gated_delta_step(const torch::Tensor& q_t, const torch::Tensor& k_t, const torch::Tensor& v_t,
                                   const torch::Tensor& g_t, const torch::Tensor& beta_t,
                                   const torch::Tensor& state, const GatedDeltaOptions& options = {});
+
+// The dispatching entry for sequences (what models call). SUBQ_OPS_IMPL=auto (the default): gated_delta_cuda
+// when gated_delta_cuda_unsupported(q, v) is empty, else gated_delta_chunkwise; =reference: always
+// gated_delta_chunkwise; =cuda: always gated_delta_cuda (throws when unsupported). options.chunk_size applies
+// to the reference only (the kernels use chunks of 64).
+GatedDeltaResult gated_delta(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& initial_state = {},
+                             const torch::Tensor& reset = {}, const GatedDeltaOptions& options = {});
+
+// The kernel path; differentiable with respect to every tensor argument but reset. Same results as
+// gated_delta_chunkwise up to fp32 rounding (o in q's dtype, final state fp32). Throws subq::InputError
+// when unsupported (see gated_delta_cuda_unsupported).
+GatedDeltaResult gated_delta_cuda(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const torch::Tensor& g, const torch::Tensor& beta,
+                                  const torch::Tensor& initial_state = {}, const torch::Tensor& reset = {},
+                                  const GatedDeltaOptions& options = {});
+
+// "" when gated_delta_cuda can run q [B, H, T, Dk] and v [B, H, T, Dv] (arguments that pass the usual
+// checks): a build with the kernels, a CUDA device they were compiled for, q in bf16, fp16 or fp32,
+// Dk in {64, 128, 256}, Dv a multiple of 32, T >= 1, B * H <= 65535. Otherwise the reason.
+std::string gated_delta_cuda_unsupported(const torch::Tensor& q, const torch::Tensor& v);
+
+// The fused decode-step kernel (gated_delta_step semantics, options.l2_normalize_qk inside the kernel):
+// CUDA tensors, q_t/k_t/v_t in fp32, bf16 or fp16; no autograd (throws when grad mode is on and an input
+// requires grad). Throws subq::InputError when unsupported.
+GatedDeltaResult gated_delta_step_cuda(const torch::Tensor& q_t, const torch::Tensor& k_t, const torch::Tensor& v_t,
+                                       const torch::Tensor& g_t, const torch::Tensor& beta_t,
+                                       const torch::Tensor& state, const GatedDeltaOptions& options = {});
+
+// The dispatching decode step (what models call): gated_delta_step_cuda under SUBQ_OPS_IMPL=cuda, and under
+// auto when it can run (CUDA, fp32/bf16/fp16, no gradient needed), else gated_delta_step.
+GatedDeltaResult gated_delta_decode(const torch::Tensor& q_t, const torch::Tensor& k_t, const torch::Tensor& v_t,
+                                    const torch::Tensor& g_t, const torch::Tensor& beta_t,
+                                    const torch::Tensor& state, const GatedDeltaOptions& options = {});
 
 }  // namespace subq::ops

@@ -22,4 +22,48 @@ GatedDeltaDims gated_delta_check(const std::string& op, const torch::Tensor& q, 
 std::pair<torch::Tensor, torch::Tensor> gated_delta_prepare_qk(const torch::Tensor& q, const torch::Tensor& k,
                                                                bool normalize);
 
+// The chunk-parallel pieces of the chunkwise (WY / UT) form, in the compute dtype (see
+// reference_chunkwise.cpp for the derivation). Shapes: qc, kc [B,H,nc,C,Dk]; decay [B,H,nc,C,C] (masked
+// across documents); gamma_in [B,H,nc,C]; gamma_end [B,H,nc]; u_tilde [B,H,nc,C,Dv]; w, k_end [B,H,nc,C,Dk].
+// The carried state S_c entering chunk c is then the sequential part:
+//   U_c = u_tilde_c - w_c S_c^T,   S_{c+1} = gamma_end_c S_c + U_c^T k_end_c.
+struct GatedDeltaChunks {
+  int64_t chunk = 0, chunks = 0, time = 0;
+  torch::Tensor qc, kc, decay, gamma_in, gamma_end, u_tilde, w, k_end;
+};
+// q, k, v [B,H,T,D] any float dtype, T >= 1 (converted to ct); chunk_size >= 1 (clamped to T).
+GatedDeltaChunks gated_delta_chunks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& reset,
+                                    int64_t chunk_size, bool l2_normalize_qk, torch::ScalarType ct);
+// o [B,H,T,Dv] (compute dtype) from U [B,H,nc,C,Dv] and the states entering each chunk [B,H,nc,Dv,Dk].
+torch::Tensor gated_delta_chunk_output(const GatedDeltaChunks& c, const torch::Tensor& u_all,
+                                       const torch::Tensor& states_in);
+
+}  // namespace subq::ops::detail
+
+namespace subq::ops {
+struct GatedDeltaResult;
+}
+
+namespace subq::ops::detail {
+
+struct GatedDeltaLaunchers;
+
+// "" when the kernel path supports key dim dk, value dim dv and B*H = bh, else why not.
+std::string gated_delta_kernel_shape_error(int64_t dk, int64_t dv, int64_t bh);
+
+// The kernel path of gated_delta_cuda with an explicit launcher table (CUDA launchers in production,
+// emulated ones in the CPU test of this glue; then the tensors are on the CPU). Arguments already checked
+// (gated_delta_check) and supported (gated_delta_kernel_shape_error is empty, T >= 1).
+GatedDeltaResult gated_delta_kernel_path(const GatedDeltaLaunchers& launchers, const torch::Tensor& q,
+                                         const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& g,
+                                         const torch::Tensor& beta, const torch::Tensor& initial_state,
+                                         const torch::Tensor& reset, bool l2_normalize_qk);
+// The decode-step kernel path (no autograd): q_t, k_t [B,H,Dk], v_t [B,H,Dv] in one dtype of fp32, bf16,
+// fp16; g_t, beta_t [B,H]; state [B,H,Dv,Dk] or undefined.
+GatedDeltaResult gated_delta_step_kernel_path(const GatedDeltaLaunchers& launchers, const torch::Tensor& q_t,
+                                              const torch::Tensor& k_t, const torch::Tensor& v_t,
+                                              const torch::Tensor& g_t, const torch::Tensor& beta_t,
+                                              const torch::Tensor& state, bool l2_normalize_qk);
+
 }  // namespace subq::ops::detail

@@ -1,0 +1,95 @@
+// gated_delta_cuda.h — the host interface of the Gated DeltaNet CUDA kernels (private to src/): plain
+// structs of raw pointers and sizes, and a table of launchers. No Torch and no CUDA headers here, so the
+// Torch-side glue (gated_delta_cuda.cpp) compiles with the host compiler, builds without nvcc link the stub
+// (gated_delta_cuda_stub.cpp), and a CPU test can drive the glue with emulated launchers.
+//
+// The kernels (src/ops/gated_delta/gated_delta_cuda_*.cu; design and numbers in docs/perf/gated_delta.md):
+//   scan_fwd  sequential over chunks, parallel over (batch*head, 32-row value tile): the carried state of
+//             the chunkwise form, per chunk c (S_c = the state entering it, [Dv, Dk] fp32)
+//                 states[c] = S_c;  U_c = u_tilde_c - W_c S_c^T;  S_{c+1} = gamma_end_c S_c + U_c^T K_c
+//             (K = k_end, the keys weighted by their decay to the chunk end).
+//   scan_bwd  the same over chunks last to first, carrying G = dL/dS_{c+1}:
+//                 dU = dU_c + K_c G^T                      (written, the gradient of u_tilde_c)
+//                 dK_c += U_c G,  dgamma_c += <G, S_c>,  dW_c += -dU S_c      (per value tile: partials)
+//                 G <- gamma_end_c G - dU^T W_c + dstates_c
+//             ending with G = the initial-state gradient.
+//   step      the fused decode step (one token; optional q/k L2 normalisation), SIMT, any float dtype.
+// Every operand of the scans is fp32 and contiguous ([BH, nc, C, D] rows); C <= 64, Dv a multiple of 32,
+// Dk a multiple of 32 and <= 256.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace subq::ops::detail {
+
+enum class GdnKernelDtype { kBF16, kF16, kF32 };
+
+constexpr int kGdnScanRows = 32;   // value rows of the state per scan block
+constexpr int kGdnMaxChunk = 64;   // tokens per chunk (at most)
+constexpr int kGdnMaxKeyDim = 256;
+
+struct GdnScanSizes {
+  int bh = 0;      // batch * heads
+  int chunks = 0;  // nc
+  int chunk = 0;   // C (tokens per chunk, <= 64)
+  int key_dim = 0, value_dim = 0;
+};
+
+struct GdnScanFwdArgs {
+  GdnScanSizes n;
+  const float* u_tilde = nullptr;    // [BH, nc, C, Dv]
+  const float* w = nullptr;          // [BH, nc, C, Dk]
+  const float* k_end = nullptr;      // [BH, nc, C, Dk]
+  const float* gamma_end = nullptr;  // [BH, nc]
+  const float* s0 = nullptr;         // [BH, Dv, Dk] or nullptr (zeros)
+  float* u = nullptr;                // out [BH, nc, C, Dv]
+  float* states = nullptr;           // out [BH, nc, Dv, Dk]: the state entering chunk c
+  float* s_out = nullptr;            // out [BH, Dv, Dk]: the final state
+};
+
+struct GdnScanBwdArgs {
+  GdnScanSizes n;
+  const float* u = nullptr;          // [BH, nc, C, Dv] forward output
+  const float* w = nullptr;          // [BH, nc, C, Dk]
+  const float* k_end = nullptr;      // [BH, nc, C, Dk]
+  const float* gamma_end = nullptr;  // [BH, nc]
+  const float* states = nullptr;     // [BH, nc, Dv, Dk] forward output
+  const float* du = nullptr;         // [BH, nc, C, Dv] gradient of u, or nullptr (zeros)
+  const float* dstates = nullptr;    // [BH, nc, Dv, Dk] gradient of states, or nullptr (zeros)
+  const float* ds_out = nullptr;     // [BH, Dv, Dk] gradient of the final state, or nullptr (zeros)
+  float* du_tilde = nullptr;         // out [BH, nc, C, Dv]
+  float* dw_part = nullptr;          // out [Dv/32, BH, nc, C, Dk] (summed over the first dim by the caller)
+  float* dk_end_part = nullptr;      // out [Dv/32, BH, nc, C, Dk]
+  float* dgamma_part = nullptr;      // out [Dv/32, BH, nc]
+  float* ds0 = nullptr;              // out [BH, Dv, Dk]
+};
+
+struct GdnStepArgs {
+  int bh = 0, key_dim = 0, value_dim = 0;
+  bool l2_normalize_qk = false;    // q / |q| / sqrt(Dk), k / |k| with |x| = sqrt(sum x^2 + 1e-6)
+  const void* q = nullptr;         // [BH, Dk] contiguous, dtype below
+  const void* k = nullptr;         // [BH, Dk]
+  const void* v = nullptr;         // [BH, Dv]
+  const float* g = nullptr;        // [BH] fp32 contiguous (log decay)
+  const float* beta = nullptr;     // [BH] fp32
+  const float* state = nullptr;    // [BH, Dv, Dk] fp32 contiguous or nullptr (zeros)
+  void* o = nullptr;               // out [BH, Dv], q's dtype
+  float* state_out = nullptr;      // out [BH, Dv, Dk] fp32
+};
+
+// The launchers the glue calls: CUDA launchers in production (gated_delta_cuda_launchers()), emulated ones
+// in the CPU test of the glue. `stream` is a cudaStream_t (nullptr for CPU tensors); launchers enqueue and
+// check the launch but do not synchronise.
+struct GatedDeltaLaunchers {
+  bool built = false;                          // kernels exist in this build
+  std::string (*device_error)(int device) = nullptr;  // "" when they can run on CUDA device `device`
+  void (*scan_fwd)(const GdnScanFwdArgs&, void* stream) = nullptr;
+  void (*scan_bwd)(const GdnScanBwdArgs&, void* stream) = nullptr;
+  void (*step)(const GdnStepArgs&, GdnKernelDtype, void* stream) = nullptr;
+};
+
+// The production table (CUDA launchers; the stub's, which throw, in builds without nvcc).
+const GatedDeltaLaunchers& gated_delta_cuda_launchers();
+
+}  // namespace subq::ops::detail
