@@ -7,3 +7,4 @@ SUBQ=${SUBQ:-build-gpu/apps/subq}
 OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
 "$SUBQ" bench ops --op ssd --impl reference cuda --out "$OUT/bench-ops-ssd-h200.json"
+"$SUBQ" bench ops --op gated_delta gated_delta_neg --impl reference cuda --out "$OUT/bench-ops-gated-delta-h200.json"

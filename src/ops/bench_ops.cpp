@@ -183,6 +183,10 @@ OpCase gated_delta_case(bool neg) {
     o.chunk_size = chunk;
     return std::vector<torch::Tensor>{gated_delta_chunkwise(x[0], x[1], x[2], x[3], x[4], {}, {}, o).o};
   };
+  c.run_cuda = [](const std::vector<torch::Tensor>& x) {
+    return std::vector<torch::Tensor>{gated_delta_cuda(x[0], x[1], x[2], x[3], x[4]).o};
+  };
+  c.cuda_unsupported = [](const std::vector<torch::Tensor>& x) { return gated_delta_cuda_unsupported(x[0], x[2]); };
   return c;
 }
 
@@ -296,7 +300,7 @@ nlohmann::json bench_ops(const BenchOpsOptions& o) {
         if (impl == "cuda") {
           std::string why;
           if (!c.run_cuda)
-            why = "no subq CUDA kernel for this op yet (issue 6: ssd has one)";
+            why = "no subq CUDA kernel for this op yet (issue 6: ssd and gated_delta have one)";
           else if (device.is_cpu())
             why = "the subq CUDA kernels need a CUDA device (this run uses the CPU)";
           if (!why.empty()) {
