@@ -100,9 +100,14 @@ void step(const d::GdnStepArgs& a, d::GdnKernelDtype dt, void*) {
     case d::GdnKernelDtype::kF32: emu_step<float>(a); break;
   }
 }
+void inverse(const d::GdnInverseArgs& a, void*) {
+  fill_nan(a.t, int64_t{a.count} * a.chunk * a.chunk);
+  emu::launch(dim3(static_cast<unsigned>(a.count)), dim3(k::kInvThreads), k::kInvSmem, [&] { k::gdn_inverse_kernel(a); },
+              g_opt);
+}
 std::string no_device_error(int) { return ""; }
 
-const d::GatedDeltaLaunchers kEmulated{true, &no_device_error, &scan_fwd, &scan_bwd, &step};
+const d::GatedDeltaLaunchers kEmulated{true, &no_device_error, &scan_fwd, &scan_bwd, &step, &inverse};
 
 struct Case {
   int64_t b = 1, h = 2, t = 130, dk = 64, dv = 64;
@@ -273,6 +278,28 @@ TEST_CASE("gated delta backward scan alone, in both thread orders (CPU emulation
     subq::test::require_close("dk_end", dke.sum(0), want[2], 1e-4);
     subq::test::require_close("dgamma_end", dg.sum(0), want[3], 1e-4);
     subq::test::require_close("ds0", ds0, want[4], 1e-4);
+  }
+}
+
+TEST_CASE("gated delta unit lower triangular inverse kernel (CPU emulation)", "[ops][gated_delta][kernels]") {
+  for (int64_t C : {1, 5, 64}) {
+    INFO("C " << C);
+    // A like the UT transform's: strictly lower, entries beta (k_t . k_s) decay with |.| < 2
+    const Tensor A = (torch::rand({3, C, C}) * 2 - 1).tril(-1).contiguous();
+    Tensor upper_garbage = A + torch::triu(torch::full({C, C}, 7.f));  // must not be read
+    Tensor T = torch::empty_like(A);
+    d::GdnInverseArgs a;
+    a.count = 3;
+    a.chunk = static_cast<int>(C);
+    a.a = upper_garbage.data_ptr<float>();
+    a.t = T.data_ptr<float>();
+    for (int pass = 0; pass < 2; ++pass) {
+      g_opt.order = pass == 0 ? emu::Order::kAscending : emu::Order::kDescending;
+      inverse(a, nullptr);
+      const Tensor want = torch::linalg_inv(A.to(torch::kDouble) + torch::eye(C, torch::kDouble));
+      subq::test::require_close("T", T, want, 1e-5);
+      CHECK(torch::equal(T.triu(1), torch::zeros_like(T)));
+    }
   }
 }
 

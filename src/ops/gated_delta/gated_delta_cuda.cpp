@@ -9,6 +9,10 @@
 //    kernels each in the reference, forward and (through autograd) backward — is replaced, by one forward and
 //    one reverse scan kernel (GdnScanFunction). So the numerics equal the reference's in fp32, and the
 //    backward needs no new derivation beyond the scan's (gated_delta_cuda.h).
+//  * The UT transform's triangular solve is replaced by an explicit inverse T = (I + A)^-1 per chunk (a
+//    forward-substitution kernel, UnitLowerInverseFunction, backward dA = strict_lower(-T^T dT T^T)) and
+//    one batched matmul T [U~-rhs | W-rhs]: a batched triangular solve on 64 x 64 systems is latency-bound,
+//    and its autograd backward is another solve.
 //  * Launches go through a GatedDeltaLaunchers table: gated_delta_cuda() passes the CUDA launchers; the CPU
 //    test of this glue (tests/unit/test_gated_delta_kernels_emulated.cpp) passes emulated ones with CPU
 //    tensors (stream nullptr). The table pointer travels in the autograd context.
@@ -137,6 +141,34 @@ class GdnScanFunction : public torch::autograd::Function<GdnScanFunction> {
   }
 };
 
+// T = (I + A)^-1 for strictly lower triangular A [..., C, C] (the kernel), differentiable:
+// dA = strict_lower(-T^T dT T^T).
+class UnitLowerInverseFunction : public torch::autograd::Function<UnitLowerInverseFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& A_in, int64_t launchers) {
+    const auto* L = reinterpret_cast<const detail::GatedDeltaLaunchers*>(launchers);
+    c10::DeviceGuard guard(A_in.device());
+    const Tensor A = f32c(A_in);
+    Tensor T = torch::empty_like(A);
+    detail::GdnInverseArgs a;
+    a.chunk = static_cast<int>(A.size(-1));
+    a.count = static_cast<int>(A.numel() / (A.size(-1) * A.size(-1)));
+    a.a = A.data_ptr<float>();
+    a.t = T.data_ptr<float>();
+    L->unit_lower_inverse(a, stream_of(A));
+    ctx->save_for_backward({T});
+    ctx->saved_data["dtype"] = static_cast<int64_t>(A_in.scalar_type());
+    return {T};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor T = ctx->get_saved_variables()[0];
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
+    const Tensor Tt = T.transpose(-1, -2);
+    const Tensor dA = (-torch::matmul(torch::matmul(Tt, grads[0].to(torch::kFloat32)), Tt)).tril(-1);
+    return {dA.to(static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt())), Tensor()};
+  }
+};
+
 bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts)
     if (t->defined() && t->requires_grad()) return true;
@@ -172,7 +204,11 @@ GatedDeltaResult gated_delta_kernel_path(const GatedDeltaLaunchers& launchers, c
                                          const torch::Tensor& beta, const torch::Tensor& initial_state,
                                          const torch::Tensor& reset, bool l2_normalize_qk) {
   c10::DeviceGuard guard(q.device());
-  const GatedDeltaChunks c = gated_delta_chunks(q, k, v, g, beta, reset, kChunk, l2_normalize_qk, torch::kFloat32);
+  const UnitLowerInverse inverse = [&launchers](const Tensor& A) {
+    return UnitLowerInverseFunction::apply(A, reinterpret_cast<int64_t>(&launchers))[0];
+  };
+  const GatedDeltaChunks c =
+      gated_delta_chunks(q, k, v, g, beta, reset, kChunk, l2_normalize_qk, torch::kFloat32, inverse);
   const Tensor s0 = initial_state.defined() ? initial_state : torch::empty({0}, q.options().dtype(torch::kFloat32));
   variable_list out = GdnScanFunction::apply(c.u_tilde, c.w, c.k_end, c.gamma_end, s0,
                                              reinterpret_cast<int64_t>(&launchers));

@@ -91,6 +91,14 @@ void step(const GdnStepArgs& a, GdnKernelDtype dtype, void* stream) {
   }
 }
 
+void unit_lower_inverse(const GdnInverseArgs& a, void* stream) {
+  SUBQ_CHECK(a.chunk >= 1 && a.chunk <= kMaxC, "gated_delta inverse: C = ", a.chunk, " must be in [1, 64]");
+  if (a.count == 0) return;
+  static_assert(kInvSmem <= 48 * 1024, "inverse tiles need no opt-in");
+  gdn_inverse_kernel<<<static_cast<unsigned>(a.count), kInvThreads, kInvSmem, static_cast<cudaStream_t>(stream)>>>(a);
+  SUBQ_CUDA_CHECK_LAUNCH();
+}
+
 std::string device_error(int device) {
   static std::mutex mu;
   static std::map<int, std::string> cache;
@@ -124,7 +132,7 @@ std::string device_error(int device) {
 }  // namespace
 
 const GatedDeltaLaunchers& gated_delta_cuda_launchers() {
-  static const GatedDeltaLaunchers table{true, &device_error, &scan_fwd, &scan_bwd, &step};
+  static const GatedDeltaLaunchers table{true, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
   return table;
 }
 

@@ -13,6 +13,8 @@
 //                 dK_c += U_c G,  dgamma_c += <G, S_c>,  dW_c += -dU S_c      (per value tile: partials)
 //                 G <- gamma_end_c G - dU^T W_c + dstates_c
 //             ending with G = the initial-state gradient.
+//   inverse   T = (I + A)^-1 of the UT transform per chunk (forward substitution, one column per thread,
+//             fp32), replacing the batched triangular solve.
 //   step      the fused decode step (one token; optional q/k L2 normalisation), SIMT, any float dtype.
 // Every operand of the scans is fp32 and contiguous ([BH, nc, C, D] rows); C <= 64, Dv a multiple of 32,
 // Dk a multiple of 32 and <= 256.
@@ -65,6 +67,15 @@ struct GdnScanBwdArgs {
   float* ds0 = nullptr;              // out [BH, Dv, Dk]
 };
 
+// T = (I + A)^-1 for strictly lower triangular A, per chunk: [n, C, C] fp32 contiguous each (C <= 64).
+// Entries of A on and above the diagonal are not read; T is written in full (zeros above the diagonal).
+struct GdnInverseArgs {
+  int count = 0;  // n: number of C x C matrices
+  int chunk = 0;  // C
+  const float* a = nullptr;
+  float* t = nullptr;
+};
+
 struct GdnStepArgs {
   int bh = 0, key_dim = 0, value_dim = 0;
   bool l2_normalize_qk = false;    // q / |q| / sqrt(Dk), k / |k| with |x| = sqrt(sum x^2 + 1e-6)
@@ -87,6 +98,7 @@ struct GatedDeltaLaunchers {
   void (*scan_fwd)(const GdnScanFwdArgs&, void* stream) = nullptr;
   void (*scan_bwd)(const GdnScanBwdArgs&, void* stream) = nullptr;
   void (*step)(const GdnStepArgs&, GdnKernelDtype, void* stream) = nullptr;
+  void (*unit_lower_inverse)(const GdnInverseArgs&, void* stream) = nullptr;
 };
 
 // The production table (CUDA launchers; the stub's, which throw, in builds without nvcc).

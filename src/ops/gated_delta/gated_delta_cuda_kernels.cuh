@@ -313,6 +313,34 @@ __global__ void __launch_bounds__(kThreads) gdn_scan_bwd_kernel(const GdnScanBwd
       a.ds0[(static_cast<int64_t>(bh) * Dv + r0 + warp + kWarps * i) * DK + lane + 32 * m] = G[i][m];
 }
 
+// ---- unit lower triangular inverse ---------------------------------------------------------------------
+// One block of 64 threads per C x C matrix: thread s computes column s of T = (I + A)^-1 by forward
+// substitution, T[t][s] = [t = s] - sum_{s <= r < t} A[t][r] T[r][s], reading A from shared memory (warp
+// broadcasts) and its own column of T (consecutive words across the warp). Columns are independent, so the
+// only barrier is after loading A.
+constexpr int kInvThreads = 64;
+constexpr size_t kInvSmem = sizeof(float) * 2 * kMaxC * kMaxC;
+
+__global__ void __launch_bounds__(kInvThreads) gdn_inverse_kernel(const GdnInverseArgs a) {
+  const int C = a.chunk, s = threadIdx.x;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * C * C;
+  SUBQ_DYNAMIC_SMEM(smem_raw);
+  float* As = reinterpret_cast<float*>(smem_raw);  // [64][64]
+  float* Ts = As + kMaxC * kMaxC;                  // [64][64]
+  for (int i = threadIdx.x; i < C * C; i += kInvThreads) As[(i / C) * kMaxC + i % C] = a.a[base + i];
+  __syncthreads();
+  if (s < C) {
+    for (int t = 0; t < C; ++t) {
+      float v = t == s ? 1.f : 0.f;
+      if (t > s) {
+        for (int r = s; r < t; ++r) v -= As[t * kMaxC + r] * Ts[r * kMaxC + s];
+      }
+      Ts[t * kMaxC + s] = v;
+      a.t[base + static_cast<int64_t>(t) * C + s] = v;
+    }
+  }
+}
+
 // ---- decode step --------------------------------------------------------------------------------------
 // One warp per value row of one (batch, head): grid (ceil(Dv / 8), B*H), 256 threads. Rows of the state
 // are independent: s' = alpha s; u = beta (v_r - s' . k); s'' = s' + u k; o_r = s'' . q.

@@ -15,10 +15,11 @@ std::string device_error(int) { return "subq was built without CUDA kernels (no 
 void scan_fwd(const GdnScanFwdArgs&, void*) { no_cuda(); }
 void scan_bwd(const GdnScanBwdArgs&, void*) { no_cuda(); }
 void step(const GdnStepArgs&, GdnKernelDtype, void*) { no_cuda(); }
+void unit_lower_inverse(const GdnInverseArgs&, void*) { no_cuda(); }
 }  // namespace
 
 const GatedDeltaLaunchers& gated_delta_cuda_launchers() {
-  static const GatedDeltaLaunchers table{false, &device_error, &scan_fwd, &scan_bwd, &step};
+  static const GatedDeltaLaunchers table{false, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
   return table;
 }
 

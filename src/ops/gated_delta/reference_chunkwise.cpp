@@ -34,7 +34,8 @@ namespace detail {
 
 GatedDeltaChunks gated_delta_chunks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& reset,
-                                    int64_t chunk_size, bool l2_normalize_qk, torch::ScalarType ct) {
+                                    int64_t chunk_size, bool l2_normalize_qk, torch::ScalarType ct,
+                                    const UnitLowerInverse& inverse) {
   GatedDeltaChunks c;
   const int64_t bs = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3), dv = v.size(3);
   const int64_t cs = std::min(chunk_size, T);  // a chunk longer than T only pads
@@ -68,10 +69,14 @@ GatedDeltaChunks gated_delta_chunks(const torch::Tensor& q, const torch::Tensor&
   // UT transform for all chunks: (I + A) [U~ | W] = [diag(beta) V | diag(beta e^Gamma) K].
   torch::Tensor kk = torch::matmul(c.kc, c.kc.transpose(-1, -2));
   torch::Tensor A = (kk * c.decay * bc.unsqueeze(-1)).tril(-1);
-  torch::Tensor eye = torch::eye(cs, q.options().dtype(ct));
   torch::Tensor rhs = torch::cat({vc * bc.unsqueeze(-1), c.kc * (bc * c.gamma_in).unsqueeze(-1)}, -1);
-  torch::Tensor x = torch::linalg_solve_triangular(A + eye, rhs, /*upper=*/false, /*left=*/true,
-                                                   /*unitriangular=*/true);
+  torch::Tensor x;
+  if (inverse) {
+    x = torch::matmul(inverse(A), rhs);
+  } else {
+    torch::Tensor eye = torch::eye(cs, q.options().dtype(ct));
+    x = torch::linalg_solve_triangular(A + eye, rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
+  }
   c.u_tilde = x.narrow(-1, 0, dv);  // [B,H,nc,cs,dv]
   c.w = x.narrow(-1, dv, dk);       // [B,H,nc,cs,dk]
   c.k_end = c.kc * c.decay.select(-2, cs - 1).unsqueeze(-1);  // D_Ci k_i, [B,H,nc,cs,dk]
