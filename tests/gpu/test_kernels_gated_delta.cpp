@@ -3,7 +3,8 @@
 // inputs: outputs, final states and the gradients of q, k, v, g, beta and the initial state, over T = 1, 63,
 // 64, 65, 1000, 4096, Dk in {64, 128, 256}, Dv in {64, 128, 256, 512}, beta in [0, 1] and [0, 2], with and
 // without resets and initial states, in-op q/k normalisation, fp16 and fp32; the SUBQ_OPS_IMPL dispatch;
-// the decode kernel (and T decode steps vs the sequence path); document isolation.
+// the decode kernel (and T decode steps vs the sequence path); document isolation; the GDN model under bf16
+// autocast with the kernels vs with the references (loss, every parameter gradient, decoding).
 //
 // Tolerances (DESIGN.md): relative RMS ||a - b|| / ||b|| < 5e-3 for bf16/fp16 outputs and final states,
 // < 1e-2 for gradients; fp32 decode steps < 1e-5. NaN never passes (rel_rms of a non-finite tensor is NaN).
@@ -16,7 +17,9 @@
 #include <torch/torch.h>
 
 #include "op_testing.h"
+#include "subq/core/device.h"
 #include "subq/core/error.h"
+#include "subq/models/model.h"
 #include "subq/ops/gated_delta.h"
 #include "subq_catch.h"
 
@@ -324,4 +327,74 @@ TEST_CASE("gated_delta kernels keep packed documents apart", "[gpu][gated_delta]
   rep.add("doc2_after_changing_doc1", tail(changed.o, 2), tail(packed.o, 2), 1e-6);
   rep.add("final_after_changing_doc1", changed.final_state, packed.final_state, 1e-6);
   rep.check("packed documents");
+}
+
+TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients, decoding)", "[gpu][gated_delta][gdn]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("Gated DeltaNet kernels cannot run here: " << why);
+  subq::models::ModelConfig c;
+  c.arch = "gdn";
+  c.vocab_size = 301;
+  c.d_model = 128;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.d_ff = 256;
+  c.init_std = 0.05;
+  c.gdn.head_dim = 64;
+  c.gdn.expand_v = 2.0;  // Dk 64, Dv 128
+  c.gdn.allow_neg_eigval = true;
+  torch::manual_seed(3);
+  auto m = subq::models::create_model(c);
+  m->to(torch::kCUDA);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
+  const Tensor tok = torch::randint(0, 301, {2, 300}, i64);
+  Tensor doc = torch::zeros({2, 300}, torch::TensorOptions().dtype(torch::kBool).device(torch::kCUDA));
+  doc.index_put_({0, 100}, true);
+  const char* prev = std::getenv("SUBQ_OPS_IMPL");
+  const std::string saved = prev ? prev : "";
+  struct Out {
+    Tensor logits;
+    std::vector<Tensor> grads;
+  };
+  auto run = [&](const char* impl) {
+    ::setenv("SUBQ_OPS_IMPL", impl, 1);
+    m->zero_grad();
+    Out o;
+    {
+      subq::AutocastGuard ac(torch::Device(torch::kCUDA), torch::kBFloat16);
+      o.logits = m->forward(tok, doc);
+    }
+    const Tensor loss = torch::nn::functional::cross_entropy(o.logits.to(torch::kFloat32).reshape({-1, 301}).narrow(0, 0, 599),
+                                                             tok.reshape({-1}).narrow(0, 1, 599));
+    loss.backward();
+    for (const auto& p : m->parameters()) o.grads.push_back(p.grad().defined() ? p.grad().clone() : Tensor());
+    return o;
+  };
+  const Out kern = run("cuda"), ref = run("reference");
+  Report rep;
+  rep.add("logits", kern.logits, ref.logits, 2e-2);
+  double worst = 0;
+  for (size_t i = 0; i < kern.grads.size(); ++i) {
+    REQUIRE(kern.grads[i].defined() == ref.grads[i].defined());
+    if (kern.grads[i].defined()) worst = std::max(worst, rel_rms(kern.grads[i], ref.grads[i]));
+  }
+  rep.errs.emplace_back("worst_param_grad", worst);
+  rep.tols.push_back(3e-2);
+  rep.line += subq::str(" worst_param_grad ", worst);
+  // decoding through the kernels (prefill + decode steps) equals the full forward through the kernels
+  {
+    ::setenv("SUBQ_OPS_IMPL", "cuda", 1);
+    torch::NoGradGuard ng;
+    const Tensor t1 = tok.narrow(0, 0, 1);
+    const Tensor full = m->forward(t1);
+    auto st = m->new_decode_state(1, 300);
+    std::vector<Tensor> parts{m->step(t1.narrow(1, 0, 250), *st)};
+    for (int64_t t = 250; t < 300; ++t) parts.push_back(m->step(t1.narrow(1, t, 1), *st));
+    rep.add("decode_vs_full", torch::cat(parts, 1), full, 1e-4);
+  }
+  if (prev)
+    ::setenv("SUBQ_OPS_IMPL", saved.c_str(), 1);
+  else
+    ::unsetenv("SUBQ_OPS_IMPL");
+  rep.check("gdn model bf16 autocast, kernels vs references");
 }

@@ -3,7 +3,7 @@
 // step, and the dispatching entries gated_delta() / gated_delta_decode() (see subq/ops/gated_delta.h).
 //
 // Decisions:
-//  * First version, hybrid: the chunk-parallel parts (decay matrices, the UT-transform triangular solve,
+//  * First version, hybrid: the chunk-parallel parts (decay matrices, the UT transform,
 //    the output matmuls) are the reference's LibTorch ops (detail::gated_delta_chunks / _chunk_output) in
 //    fp32, differentiated by autograd; only the sequential loop over chunks — 64 iterations of several small
 //    kernels each in the reference, forward and (through autograd) backward — is replaced, by one forward and
@@ -11,7 +11,7 @@
 //    backward needs no new derivation beyond the scan's (gated_delta_cuda.h).
 //  * The UT transform's triangular solve is replaced by an explicit inverse T = (I + A)^-1 per chunk (a
 //    forward-substitution kernel, UnitLowerInverseFunction, backward dA = strict_lower(-T^T dT T^T)) and
-//    one batched matmul T [U~-rhs | W-rhs]: a batched triangular solve on 64 x 64 systems is latency-bound,
+//    one batched fp32 matmul T [U~-rhs | W-rhs] (autocast off, as the reference's solve is fp32): a batched triangular solve on 64 x 64 systems is latency-bound,
 //    and its autograd backward is another solve.
 //  * Launches go through a GatedDeltaLaunchers table: gated_delta_cuda() passes the CUDA launchers; the CPU
 //    test of this glue (tests/unit/test_gated_delta_kernels_emulated.cpp) passes emulated ones with CPU
@@ -20,6 +20,7 @@
 //    device info of every tensor argument and throws on undefined ones).
 //  * No CUDA headers here: the file compiles (and the dispatch falls back cleanly) without nvcc.
 #include <ATen/DeviceAccelerator.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/torch.h>
 
@@ -141,6 +142,18 @@ class GdnScanFunction : public torch::autograd::Function<GdnScanFunction> {
   }
 };
 
+// Autocast off for its scope on one device type (restored on exit, also when unwinding).
+struct AutocastOff {
+  c10::DeviceType type;
+  bool prev;
+  explicit AutocastOff(c10::DeviceType t) : type(t), prev(at::autocast::is_autocast_enabled(t)) {
+    at::autocast::set_autocast_enabled(type, false);
+  }
+  ~AutocastOff() { at::autocast::set_autocast_enabled(type, prev); }
+  AutocastOff(const AutocastOff&) = delete;
+  AutocastOff& operator=(const AutocastOff&) = delete;
+};
+
 // T = (I + A)^-1 for strictly lower triangular A [..., C, C] (the kernel), differentiable:
 // dA = strict_lower(-T^T dT T^T).
 class UnitLowerInverseFunction : public torch::autograd::Function<UnitLowerInverseFunction> {
@@ -204,11 +217,15 @@ GatedDeltaResult gated_delta_kernel_path(const GatedDeltaLaunchers& launchers, c
                                          const torch::Tensor& beta, const torch::Tensor& initial_state,
                                          const torch::Tensor& reset, bool l2_normalize_qk) {
   c10::DeviceGuard guard(q.device());
-  const UnitLowerInverse inverse = [&launchers](const Tensor& A) {
-    return UnitLowerInverseFunction::apply(A, reinterpret_cast<int64_t>(&launchers))[0];
+  // T R in fp32 even under autocast: the reference's solve runs in fp32 there too, and W, U~ feed the
+  // carried state.
+  const UnitLowerSolve solve = [&launchers](const Tensor& A, const Tensor& R) {
+    const Tensor T = UnitLowerInverseFunction::apply(A, reinterpret_cast<int64_t>(&launchers))[0];
+    AutocastOff off(R.device().type());
+    return torch::matmul(T, R.to(torch::kFloat32));
   };
   const GatedDeltaChunks c =
-      gated_delta_chunks(q, k, v, g, beta, reset, kChunk, l2_normalize_qk, torch::kFloat32, inverse);
+      gated_delta_chunks(q, k, v, g, beta, reset, kChunk, l2_normalize_qk, torch::kFloat32, solve);
   const Tensor s0 = initial_state.defined() ? initial_state : torch::empty({0}, q.options().dtype(torch::kFloat32));
   variable_list out = GdnScanFunction::apply(c.u_tilde, c.w, c.k_end, c.gamma_end, s0,
                                              reinterpret_cast<int64_t>(&launchers));

@@ -32,14 +32,14 @@ struct GatedDeltaChunks {
   int64_t chunk = 0, chunks = 0, time = 0;
   torch::Tensor qc, kc, decay, gamma_in, gamma_end, u_tilde, w, k_end;
 };
-// (I + A)^-1 for strictly lower triangular A [..., C, C] (differentiable); empty = the reference's
-// torch::linalg_solve_triangular on the right-hand sides instead of an explicit inverse.
-using UnitLowerInverse = std::function<torch::Tensor(const torch::Tensor& A)>;
+// (I + A)^-1 R for strictly lower triangular A [..., C, C] and right-hand sides R [..., C, W]
+// (differentiable); empty = the reference's torch::linalg_solve_triangular.
+using UnitLowerSolve = std::function<torch::Tensor(const torch::Tensor& A, const torch::Tensor& R)>;
 // q, k, v [B,H,T,D] any float dtype, T >= 1 (converted to ct); chunk_size >= 1 (clamped to T).
 GatedDeltaChunks gated_delta_chunks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& reset,
                                     int64_t chunk_size, bool l2_normalize_qk, torch::ScalarType ct,
-                                    const UnitLowerInverse& inverse = {});
+                                    const UnitLowerSolve& solve = {});
 // o [B,H,T,Dv] (compute dtype) from U [B,H,nc,C,Dv] and the states entering each chunk [B,H,nc,Dv,Dk].
 torch::Tensor gated_delta_chunk_output(const GatedDeltaChunks& c, const torch::Tensor& u_all,
                                        const torch::Tensor& states_in);

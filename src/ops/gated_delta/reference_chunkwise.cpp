@@ -35,7 +35,7 @@ namespace detail {
 GatedDeltaChunks gated_delta_chunks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& reset,
                                     int64_t chunk_size, bool l2_normalize_qk, torch::ScalarType ct,
-                                    const UnitLowerInverse& inverse) {
+                                    const UnitLowerSolve& solve) {
   GatedDeltaChunks c;
   const int64_t bs = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3), dv = v.size(3);
   const int64_t cs = std::min(chunk_size, T);  // a chunk longer than T only pads
@@ -71,8 +71,8 @@ GatedDeltaChunks gated_delta_chunks(const torch::Tensor& q, const torch::Tensor&
   torch::Tensor A = (kk * c.decay * bc.unsqueeze(-1)).tril(-1);
   torch::Tensor rhs = torch::cat({vc * bc.unsqueeze(-1), c.kc * (bc * c.gamma_in).unsqueeze(-1)}, -1);
   torch::Tensor x;
-  if (inverse) {
-    x = torch::matmul(inverse(A), rhs);
+  if (solve) {
+    x = solve(A, rhs);
   } else {
     torch::Tensor eye = torch::eye(cs, q.options().dtype(ct));
     x = torch::linalg_solve_triangular(A + eye, rhs, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
