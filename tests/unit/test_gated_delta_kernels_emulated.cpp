@@ -212,6 +212,35 @@ TEST_CASE("gated delta scan kernels, Dk = 256 (CPU emulation)", "[ops][gated_del
   run_case(make_case(1, 1, 70, 256, 32, "init reset neg"));
 }
 
+TEST_CASE("gated delta kernel path: gradients when only o or only the final state is used (CPU emulation)",
+          "[ops][gated_delta][kernels]") {
+  const Case c = make_case(1, 1, 100, 64, 32, "init reset");
+  const Inputs in = make_inputs(c, 4321);
+  g_opt.order = emu::Order::kAscending;
+  for (int which = 0; which < 2; ++which) {
+    INFO((which == 0 ? "o only" : "final state only"));
+    auto loss_of = [&](bool kernels) {
+      return [&, kernels](const std::vector<Tensor>& x) {
+        const auto r = kernels ? d::gated_delta_kernel_path(kEmulated, x[0], x[1], x[2], x[3], x[4], x[5], in.reset, false)
+                               : subq::ops::gated_delta_chunkwise(x[0], x[1], x[2], x[3], x[4], x[5], in.reset);
+        return subq::test::project({which == 0 ? r.o : r.final_state});
+      };
+    };
+    const std::vector<Tensor> inputs{in.q, in.k, in.v, in.g, in.beta, in.s0};
+    const auto got = subq::test::grads_of(loss_of(true), inputs);
+    const auto want = subq::test::grads_of(loss_of(false), inputs);
+    const char* names[] = {"dq", "dk", "dv", "dg", "dbeta", "ds0"};
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (!want[i].defined()) {  // the input does not reach the loss (q for the final state): zero or undefined
+        INFO(names[i]);
+        CHECK((!got[i].defined() || torch::equal(got[i], torch::zeros_like(got[i]))));
+      } else {
+        subq::test::require_close(names[i], got[i], want[i], 1e-4);
+      }
+    }
+  }
+}
+
 TEST_CASE("gated delta backward scan alone, in both thread orders (CPU emulation)", "[ops][gated_delta][kernels]") {
   // The reverse scan against autograd of the chunk loop, with every cotangent given (du, dstates, dfinal),
   // in both thread orders.

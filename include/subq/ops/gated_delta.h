@@ -34,9 +34,10 @@
 // tensor argument (not reset).
 //
 // CUDA kernels (src/ops/gated_delta/gated_delta_cuda*.{cu,cuh,cpp}; design and numbers in
-// docs/perf/gated_delta.md): gated_delta_cuda runs the chunkwise form with the sequential loop over chunks
-// replaced by fp32 scan kernels (forward and reverse, a custom autograd function); the chunk-parallel
-// parts are the reference's LibTorch ops in fp32. gated_delta_step_cuda is a fused decode-step kernel.
+// docs/perf/gated_delta.md): gated_delta_cuda runs the chunkwise form as one custom autograd function: the
+// sequential loop over chunks is a pair of fp32 scan kernels (forward, reverse), the UT transform's inverse a
+// kernel, the chunk-parallel parts the reference's LibTorch ops (forward) and explicit gradient formulas
+// (backward). gated_delta_step_cuda is a fused decode-step kernel.
 // Models call the dispatching entries gated_delta() and gated_delta_decode(), which take the kernels when
 // SUBQ_OPS_IMPL (subq/ops/ops_impl.h) allows and the call is supported, else the references:
 //   auto r = subq::ops::gated_delta(q, k, v, g, beta, s0, reset, opts);  // CUDA bf16, Dk 128: kernels

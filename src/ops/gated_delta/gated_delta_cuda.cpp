@@ -1,18 +1,21 @@
 // gated_delta_cuda.cpp — the LibTorch side of the Gated DeltaNet kernels: the kernel path of the chunkwise
-// form (chunk-parallel LibTorch ops + a custom autograd function around the scan kernels), the fused decode
-// step, and the dispatching entries gated_delta() / gated_delta_decode() (see subq/ops/gated_delta.h).
+// form (one custom autograd function: chunk-parallel LibTorch ops, scan and inverse kernels, explicit
+// backward), the fused decode step, and the dispatching entries gated_delta() / gated_delta_decode() (see subq/ops/gated_delta.h).
 //
 // Decisions:
-//  * First version, hybrid: the chunk-parallel parts (decay matrices, the UT transform,
-//    the output matmuls) are the reference's LibTorch ops (detail::gated_delta_chunks / _chunk_output) in
-//    fp32, differentiated by autograd; only the sequential loop over chunks — 64 iterations of several small
-//    kernels each in the reference, forward and (through autograd) backward — is replaced, by one forward and
-//    one reverse scan kernel (GdnScanFunction). So the numerics equal the reference's in fp32, and the
-//    backward needs no new derivation beyond the scan's (gated_delta_cuda.h).
-//  * The UT transform's triangular solve is replaced by an explicit inverse T = (I + A)^-1 per chunk (a
-//    forward-substitution kernel, UnitLowerInverseFunction, backward dA = strict_lower(-T^T dT T^T)) and
-//    one batched fp32 matmul T [U~-rhs | W-rhs] (autocast off, as the reference's solve is fp32): a batched triangular solve on 64 x 64 systems is latency-bound,
-//    and its autograd backward is another solve.
+//  * First version, hybrid: the chunk-parallel forward (decay matrices, K K^T, the UT transform's right-hand
+//    sides, the output matmuls) is the reference's LibTorch code (detail::gated_delta_chunks /
+//    _chunk_output, run under the caller's autocast like the reference); the kernels take the sequential
+//    loop over chunks (forward and reverse scans — 64 iterations of several small kernels each in the
+//    reference, forward and again through autograd) and the UT transform's inverse.
+//  * The UT transform's triangular solve is an explicit inverse T = (I + A)^-1 per chunk (forward-
+//    substitution kernel) and one batched fp32 matmul T R (autocast off, as the reference's solve is fp32):
+//    a batched triangular solve on 64 x 64 systems is latency-bound.
+//  * One custom autograd Function for the whole op (GatedDeltaFunction): the backward recomputes the chunk
+//    tensors and applies the explicit gradients derived and checked in fp64 by
+//    tests/unit/test_gated_delta_kernel_math.cpp, in fp32, with the reverse-scan kernel for the sequential
+//    part. It saves only the inputs, U and the per-chunk states (fp32), instead of autograd's ~15 chunk-sized
+//    intermediates. The optional q/k normalisation stays outside (LibTorch ops under autograd).
 //  * Launches go through a GatedDeltaLaunchers table: gated_delta_cuda() passes the CUDA launchers; the CPU
 //    test of this glue (tests/unit/test_gated_delta_kernels_emulated.cpp) passes emulated ones with CPU
 //    tensors (stream nullptr). The table pointer travels in the autograd context.
@@ -58,127 +61,236 @@ const detail::GatedDeltaLaunchers* launchers_of(AutogradContext* ctx) {
 
 Tensor f32c(const Tensor& t) { return t.to(torch::kFloat32).contiguous(); }
 
-// The carried-state scan of the chunkwise form (gated_delta_cuda.h): inputs u_tilde [B,H,nc,C,Dv],
-// w, k_end [B,H,nc,C,Dk], gamma_end [B,H,nc], s0 [B,H,Dv,Dk] (or a 0-element placeholder); outputs
-// U [B,H,nc,C,Dv], the states entering each chunk [B,H,nc,Dv,Dk] and the final state [B,H,Dv,Dk], fp32.
-class GdnScanFunction : public torch::autograd::Function<GdnScanFunction> {
+struct ScanOut {
+  Tensor u, states, s_out;  // [B,H,nc,C,Dv], [B,H,nc,Dv,Dk], [B,H,Dv,Dk] fp32
+};
+
+// The forward scan (gated_delta_cuda.h) on the chunk tensors of c; s0 [B,H,Dv,Dk] or undefined.
+ScanOut run_scan_fwd(const detail::GatedDeltaLaunchers& L, const detail::GatedDeltaChunks& c, const Tensor& s0_in) {
+  const Tensor u_tilde = f32c(c.u_tilde), w = f32c(c.w), k_end = f32c(c.k_end), gamma_end = f32c(c.gamma_end);
+  const Tensor s0 = s0_in.defined() ? f32c(s0_in) : Tensor();
+  const int64_t B = u_tilde.size(0), H = u_tilde.size(1), nc = u_tilde.size(2), C = u_tilde.size(3);
+  const int64_t dv = u_tilde.size(4), dk = w.size(4);
+  auto opt = u_tilde.options();
+  ScanOut o;
+  o.u = torch::empty_like(u_tilde);
+  o.states = torch::empty({B, H, nc, dv, dk}, opt);
+  o.s_out = torch::empty({B, H, dv, dk}, opt);
+  detail::GdnScanFwdArgs a;
+  a.n = {static_cast<int>(B * H), static_cast<int>(nc), static_cast<int>(C), static_cast<int>(dk), static_cast<int>(dv)};
+  a.u_tilde = u_tilde.data_ptr<float>();
+  a.w = w.data_ptr<float>();
+  a.k_end = k_end.data_ptr<float>();
+  a.gamma_end = gamma_end.data_ptr<float>();
+  a.s0 = ptr_or_null<float>(s0);
+  a.u = o.u.data_ptr<float>();
+  a.states = o.states.data_ptr<float>();
+  a.s_out = o.s_out.data_ptr<float>();
+  L.scan_fwd(a, stream_of(u_tilde));
+  return o;
+}
+
+struct ScanGrads {
+  Tensor du_tilde, dw, dk_end, dgamma_end, ds0;  // fp32, shapes of u_tilde, w, k_end, gamma_end, s0
+};
+
+// The reverse scan: du [B,H,nc,C,Dv], dstates [B,H,nc,Dv,Dk], dfinal [B,H,Dv,Dk] (each may be undefined).
+ScanGrads run_scan_bwd(const detail::GatedDeltaLaunchers& L, const detail::GatedDeltaChunks& c, const ScanOut& f,
+                       const Tensor& du_in, const Tensor& dstates_in, const Tensor& dfinal_in) {
+  const Tensor w = f32c(c.w), k_end = f32c(c.k_end), gamma_end = f32c(c.gamma_end);
+  const Tensor& u = f.u;
+  const int64_t B = u.size(0), H = u.size(1), nc = u.size(2), C = u.size(3), dv = u.size(4), dk = w.size(4);
+  const int64_t tiles = dv / detail::kGdnScanRows;
+  const Tensor du = du_in.defined() ? f32c(du_in) : Tensor();
+  const Tensor dstates = dstates_in.defined() ? f32c(dstates_in) : Tensor();
+  const Tensor dfinal = dfinal_in.defined() ? f32c(dfinal_in) : Tensor();
+  auto opt = u.options();
+  ScanGrads g;
+  g.du_tilde = torch::empty_like(u);
+  Tensor dw_part = torch::empty({tiles, B, H, nc, C, dk}, opt);
+  Tensor dk_part = torch::empty_like(dw_part);
+  Tensor dg_part = torch::empty({tiles, B, H, nc}, opt);
+  g.ds0 = torch::empty({B, H, dv, dk}, opt);
+  detail::GdnScanBwdArgs a;
+  a.n = {static_cast<int>(B * H), static_cast<int>(nc), static_cast<int>(C), static_cast<int>(dk), static_cast<int>(dv)};
+  a.u = u.data_ptr<float>();
+  a.w = w.data_ptr<float>();
+  a.k_end = k_end.data_ptr<float>();
+  a.gamma_end = gamma_end.data_ptr<float>();
+  a.states = f.states.data_ptr<float>();
+  a.du = ptr_or_null<float>(du);
+  a.dstates = ptr_or_null<float>(dstates);
+  a.ds_out = ptr_or_null<float>(dfinal);
+  a.du_tilde = g.du_tilde.data_ptr<float>();
+  a.dw_part = dw_part.data_ptr<float>();
+  a.dk_end_part = dk_part.data_ptr<float>();
+  a.dgamma_part = dg_part.data_ptr<float>();
+  a.ds0 = g.ds0.data_ptr<float>();
+  L.scan_bwd(a, stream_of(u));
+  auto sum0 = [&](const Tensor& t) { return tiles == 1 ? t.squeeze(0) : t.sum(0); };
+  g.dw = sum0(dw_part);
+  g.dk_end = sum0(dk_part);
+  g.dgamma_end = sum0(dg_part);
+  return g;
+}
+
+// Sets the autocast state of one device type for its scope (restored on exit, also when unwinding).
+struct AutocastScope {
+  c10::DeviceType type;
+  bool prev;
+  at::ScalarType prev_dtype;
+  AutocastScope(c10::DeviceType t, bool enabled, at::ScalarType dtype)
+      : type(t), prev(at::autocast::is_autocast_enabled(t)), prev_dtype(at::autocast::get_autocast_dtype(t)) {
+    at::autocast::set_autocast_enabled(type, enabled);
+    at::autocast::set_autocast_dtype(type, dtype);
+  }
+  ~AutocastScope() {
+    at::autocast::set_autocast_enabled(type, prev);
+    at::autocast::set_autocast_dtype(type, prev_dtype);
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+};
+struct AutocastOff : AutocastScope {
+  explicit AutocastOff(c10::DeviceType t) : AutocastScope(t, false, at::autocast::get_autocast_dtype(t)) {}
+};
+
+// T = (I + A)^-1 for strictly lower triangular A [..., C, C] (the inverse kernel; no autograd), fp32.
+Tensor run_inverse(const detail::GatedDeltaLaunchers& L, const Tensor& A_in) {
+  const Tensor A = f32c(A_in);
+  Tensor T = torch::empty_like(A);
+  detail::GdnInverseArgs a;
+  a.chunk = static_cast<int>(A.size(-1));
+  a.count = static_cast<int>(A.numel() / (A.size(-1) * A.size(-1)));
+  a.a = A.data_ptr<float>();
+  a.t = T.data_ptr<float>();
+  L.unit_lower_inverse(a, stream_of(A));
+  return T;
+}
+
+Tensor tr(const Tensor& t) { return t.transpose(-1, -2); }
+
+// The chunk tensors of the kernel path (no autograd): gated_delta_chunks with the UT transform as the
+// inverse kernel and one fp32 matmul; *T_out receives (I + A)^-1.
+detail::GatedDeltaChunks kernel_chunks(const detail::GatedDeltaLaunchers& L, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const Tensor& g, const Tensor& beta, const Tensor& reset,
+                                       Tensor* T_out) {
+  const detail::UnitLowerSolve solve = [&L, T_out](const Tensor& A, const Tensor& R) {
+    *T_out = run_inverse(L, A);
+    AutocastOff off(R.device().type());
+    return torch::matmul(*T_out, R.to(torch::kFloat32));
+  };
+  return detail::gated_delta_chunks(q, k, v, g, beta, reset, kChunk, false, torch::kFloat32, solve);
+}
+
+// The whole chunkwise op on q, k taken as given: forward = LibTorch chunk-parallel parts + the inverse and
+// forward-scan kernels; backward = the explicit gradients of tests/unit/test_gated_delta_kernel_math.cpp in
+// fp32 (the chunk tensors recomputed, the reverse-scan kernel for the sequential part). Saves only the
+// inputs, U and the per-chunk states. Optional s0 / reset arrive as 0-element placeholders.
+class GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& u_tilde_in, const Tensor& w_in,
-                               const Tensor& k_end_in, const Tensor& gamma_end_in, const Tensor& s0_in,
+  static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& g, const Tensor& beta, const Tensor& s0_in, const Tensor& reset_in,
                                int64_t launchers) {
-    const auto* L = reinterpret_cast<const detail::GatedDeltaLaunchers*>(launchers);
-    c10::DeviceGuard guard(u_tilde_in.device());
-    const Tensor u_tilde = f32c(u_tilde_in), w = f32c(w_in), k_end = f32c(k_end_in), gamma_end = f32c(gamma_end_in);
-    const Tensor s0 = s0_in.numel() ? f32c(s0_in) : Tensor();
-    const int64_t B = u_tilde.size(0), H = u_tilde.size(1), nc = u_tilde.size(2), C = u_tilde.size(3);
-    const int64_t dv = u_tilde.size(4), dk = w.size(4);
-    auto opt = u_tilde.options();
-    Tensor u = torch::empty_like(u_tilde);
-    Tensor states = torch::empty({B, H, nc, dv, dk}, opt);
-    Tensor s_out = torch::empty({B, H, dv, dk}, opt);
-    detail::GdnScanFwdArgs a;
-    a.n = {static_cast<int>(B * H), static_cast<int>(nc), static_cast<int>(C), static_cast<int>(dk),
-           static_cast<int>(dv)};
-    a.u_tilde = u_tilde.data_ptr<float>();
-    a.w = w.data_ptr<float>();
-    a.k_end = k_end.data_ptr<float>();
-    a.gamma_end = gamma_end.data_ptr<float>();
-    a.s0 = ptr_or_null<float>(s0);
-    a.u = u.data_ptr<float>();
-    a.states = states.data_ptr<float>();
-    a.s_out = s_out.data_ptr<float>();
-    L->scan_fwd(a, stream_of(u_tilde));
-    ctx->save_for_backward({u, w, k_end, gamma_end, states});
+    const auto& L = *reinterpret_cast<const detail::GatedDeltaLaunchers*>(launchers);
+    c10::DeviceGuard guard(q.device());
+    const Tensor s0 = s0_in.numel() ? s0_in : Tensor();
+    const Tensor reset = reset_in.numel() ? reset_in : Tensor();
+    Tensor T;
+    const detail::GatedDeltaChunks c = kernel_chunks(L, q, k, v, g, beta, reset, &T);
+    const ScanOut f = run_scan_fwd(L, c, s0);
+    const Tensor o = detail::gated_delta_chunk_output(c, f.u, f.states);
+    const c10::DeviceType dev = q.device().type();
+    ctx->save_for_backward({q, k, v, g, beta, reset_in, f.u, f.states});
     ctx->saved_data["launchers"] = launchers;
     ctx->saved_data["has_s0"] = s0.defined();
     ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0_in.scalar_type());
-    ctx->saved_data["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(u_tilde_in.scalar_type()),
-                                                     static_cast<int64_t>(w_in.scalar_type()),
-                                                     static_cast<int64_t>(k_end_in.scalar_type()),
-                                                     static_cast<int64_t>(gamma_end_in.scalar_type())};
-    return {u, states, s_out};
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(dev);
+    ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(at::autocast::get_autocast_dtype(dev));
+    return {o, f.s_out};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list s = ctx->get_saved_variables();
-    const Tensor &u = s[0], &w = s[1], &k_end = s[2], &gamma_end = s[3], &states = s[4];
-    const auto* L = launchers_of(ctx);
-    c10::DeviceGuard guard(u.device());
-    const int64_t B = u.size(0), H = u.size(1), nc = u.size(2), C = u.size(3), dv = u.size(4), dk = w.size(4);
-    const int64_t tiles = dv / detail::kGdnScanRows;
-    const Tensor du = grads[0].defined() ? f32c(grads[0]) : Tensor();
-    const Tensor dstates = grads[1].defined() ? f32c(grads[1]) : Tensor();
-    const Tensor dfinal = grads[2].defined() ? f32c(grads[2]) : Tensor();
-    auto opt = u.options();
-    Tensor du_tilde = torch::empty_like(u);
-    Tensor dw_part = torch::empty({tiles, B, H, nc, C, dk}, opt);
-    Tensor dk_part = torch::empty_like(dw_part);
-    Tensor dg_part = torch::empty({tiles, B, H, nc}, opt);
-    Tensor ds0 = torch::empty({B, H, dv, dk}, opt);
-    detail::GdnScanBwdArgs a;
-    a.n = {static_cast<int>(B * H), static_cast<int>(nc), static_cast<int>(C), static_cast<int>(dk),
-           static_cast<int>(dv)};
-    a.u = u.data_ptr<float>();
-    a.w = w.data_ptr<float>();
-    a.k_end = k_end.data_ptr<float>();
-    a.gamma_end = gamma_end.data_ptr<float>();
-    a.states = states.data_ptr<float>();
-    a.du = ptr_or_null<float>(du);
-    a.dstates = ptr_or_null<float>(dstates);
-    a.ds_out = ptr_or_null<float>(dfinal);
-    a.du_tilde = du_tilde.data_ptr<float>();
-    a.dw_part = dw_part.data_ptr<float>();
-    a.dk_end_part = dk_part.data_ptr<float>();
-    a.dgamma_part = dg_part.data_ptr<float>();
-    a.ds0 = ds0.data_ptr<float>();
-    L->scan_bwd(a, stream_of(u));
-    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
-    auto as = [&](const Tensor& t, size_t i) { return t.to(static_cast<torch::ScalarType>(dtypes[i])); };
-    auto sum0 = [&](const Tensor& t) { return tiles == 1 ? t.squeeze(0) : t.sum(0); };
+    const variable_list sv = ctx->get_saved_variables();
+    const Tensor &q = sv[0], &k = sv[1], &v = sv[2], &g = sv[3], &beta = sv[4], &reset_in = sv[5];
+    ScanOut f;
+    f.u = sv[6];
+    f.states = sv[7];
+    const auto& L = *launchers_of(ctx);
+    c10::DeviceGuard guard(q.device());
+    const Tensor reset = reset_in.numel() ? reset_in : Tensor();
+    const c10::DeviceType dev = q.device().type();
+    // Recompute the chunk tensors as the forward did (same autocast state).
+    Tensor Tm;
+    detail::GatedDeltaChunks c;
+    {
+      AutocastScope as_forward(dev, ctx->saved_data["autocast"].toBool(),
+                               static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()));
+      c = kernel_chunks(L, q, k, v, g, beta, reset, &Tm);
+    }
+    AutocastOff off(dev);  // the gradient formulas run in fp32
+    auto f32 = [](const Tensor& t) { return t.to(torch::kFloat32); };
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3), dv = v.size(3);
+    const int64_t C = c.chunk, nc = c.chunks, tp = nc * C;
+    const Tensor qc = f32(c.qc), kc = f32(c.kc), Dm = f32(c.decay), e = f32(c.gamma_in), gend = f32(c.gamma_end);
+    const Tensor ut = f32(c.u_tilde), w = f32(c.w);
+    const Tensor vc = detail::pad_time(v.to(torch::kFloat32), 2, tp).reshape({B, H, nc, C, dv});
+    const Tensor bc = detail::pad_time(beta.to(torch::kFloat32), 2, tp).reshape({B, H, nc, C});
+    const Tensor& U = f.u;
+    const Tensor& states = f.states;
+
+    // Output: O = diag(e) Q S^T + (Q K^T o D) U.
+    const Tensor dO = grads[0].defined() ? detail::pad_time(grads[0].to(torch::kFloat32), 2, tp).reshape({B, H, nc, C, dv})
+                                         : torch::zeros({B, H, nc, C, dv}, q.options().dtype(torch::kFloat32));
+    const Tensor QK = torch::matmul(qc, tr(kc));
+    Tensor dQ = e.unsqueeze(-1) * torch::matmul(dO, states);
+    Tensor de = (dO * torch::matmul(qc, tr(states))).sum(-1);
+    const Tensor dstates = torch::matmul(tr(dO), e.unsqueeze(-1) * qc);
+    const Tensor dOU = torch::matmul(dO, tr(U));
+    const Tensor dP = dOU * Dm;
+    dQ = dQ + torch::matmul(dP, kc);
+    Tensor dK = torch::matmul(tr(dP), qc);
+    Tensor dDm = dOU * QK;
+    const Tensor dU_out = torch::matmul(tr(QK * Dm), dO);
+
+    // The sequential part.
+    const ScanGrads sg = run_scan_bwd(L, c, f, dU_out, dstates, grads[1]);
+
+    // Through the UT transform: [U~ | W] = T R, R = [diag(b) V | diag(b e) K].
+    const Tensor Tt = tr(Tm);
+    const Tensor dR_v = torch::matmul(Tt, sg.du_tilde), dR_w = torch::matmul(Tt, sg.dw);
+    const Tensor dA = -(torch::matmul(dR_v, tr(ut)) + torch::matmul(dR_w, tr(w))).tril(-1);
+    const Tensor dV = bc.unsqueeze(-1) * dR_v;
+    const Tensor rw = (dR_w * kc).sum(-1);
+    const Tensor KK = torch::matmul(kc, tr(kc));
+    Tensor db = (dR_v * vc).sum(-1) + e * rw + (dA * KK * Dm).sum(-1);
+    dK = dK + (bc * e).unsqueeze(-1) * dR_w;
+    de = de + bc * rw;
+    const Tensor dKK = dA * bc.unsqueeze(-1) * Dm;
+    dDm = dDm + dA * bc.unsqueeze(-1) * KK;
+    dK = dK + torch::matmul(dKK + tr(dKK), kc);
+    // K_end = diag(D[last, :]) K
+    dK = dK + Dm.select(-2, C - 1).unsqueeze(-1) * sg.dk_end;
+    dDm.select(-2, C - 1).add_((sg.dk_end * kc).sum(-1));
+    // Decays: D[t,s] = exp(gc_t - gc_s), e_t = exp(gc_t), gamma = exp(gc_last) (all masked), g -> gc cumsum.
+    const Tensor dDD = dDm * Dm;
+    Tensor dgc = dDD.sum(-1) - dDD.sum(-2) + de * e;
+    dgc.select(-1, C - 1).add_(sg.dgamma_end * gend);
+    const Tensor dg = dgc.flip(-1).cumsum(-1).flip(-1);
+
+    auto unchunk = [&](const Tensor& t, int64_t d) { return t.reshape({B, H, tp, d}).narrow(2, 0, T); };
+    auto unchunk1 = [&](const Tensor& t) { return t.reshape({B, H, tp}).narrow(2, 0, T); };
     const Tensor d0 = ctx->saved_data["has_s0"].toBool()
-                          ? ds0.to(static_cast<torch::ScalarType>(ctx->saved_data["s0_dtype"].toInt()))
+                          ? sg.ds0.to(static_cast<torch::ScalarType>(ctx->saved_data["s0_dtype"].toInt()))
                           : Tensor();
-    return {as(du_tilde, 0), as(sum0(dw_part), 1), as(sum0(dk_part), 2), as(sum0(dg_part), 3), d0, Tensor()};
-  }
-};
-
-// Autocast off for its scope on one device type (restored on exit, also when unwinding).
-struct AutocastOff {
-  c10::DeviceType type;
-  bool prev;
-  explicit AutocastOff(c10::DeviceType t) : type(t), prev(at::autocast::is_autocast_enabled(t)) {
-    at::autocast::set_autocast_enabled(type, false);
-  }
-  ~AutocastOff() { at::autocast::set_autocast_enabled(type, prev); }
-  AutocastOff(const AutocastOff&) = delete;
-  AutocastOff& operator=(const AutocastOff&) = delete;
-};
-
-// T = (I + A)^-1 for strictly lower triangular A [..., C, C] (the kernel), differentiable:
-// dA = strict_lower(-T^T dT T^T).
-class UnitLowerInverseFunction : public torch::autograd::Function<UnitLowerInverseFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& A_in, int64_t launchers) {
-    const auto* L = reinterpret_cast<const detail::GatedDeltaLaunchers*>(launchers);
-    c10::DeviceGuard guard(A_in.device());
-    const Tensor A = f32c(A_in);
-    Tensor T = torch::empty_like(A);
-    detail::GdnInverseArgs a;
-    a.chunk = static_cast<int>(A.size(-1));
-    a.count = static_cast<int>(A.numel() / (A.size(-1) * A.size(-1)));
-    a.a = A.data_ptr<float>();
-    a.t = T.data_ptr<float>();
-    L->unit_lower_inverse(a, stream_of(A));
-    ctx->save_for_backward({T});
-    ctx->saved_data["dtype"] = static_cast<int64_t>(A_in.scalar_type());
-    return {T};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Tensor T = ctx->get_saved_variables()[0];
-    if (!grads[0].defined()) return {Tensor(), Tensor()};
-    const Tensor Tt = T.transpose(-1, -2);
-    const Tensor dA = (-torch::matmul(torch::matmul(Tt, grads[0].to(torch::kFloat32)), Tt)).tril(-1);
-    return {dA.to(static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt())), Tensor()};
+    return {unchunk(dQ, dk).to(q.scalar_type()),
+            unchunk(dK, dk).to(k.scalar_type()),
+            unchunk(dV, dv).to(v.scalar_type()),
+            unchunk1(dg).to(g.scalar_type()),
+            unchunk1(db).to(beta.scalar_type()),
+            d0,
+            Tensor(),
+            Tensor()};
   }
 };
 
@@ -217,20 +329,16 @@ GatedDeltaResult gated_delta_kernel_path(const GatedDeltaLaunchers& launchers, c
                                          const torch::Tensor& beta, const torch::Tensor& initial_state,
                                          const torch::Tensor& reset, bool l2_normalize_qk) {
   c10::DeviceGuard guard(q.device());
-  // T R in fp32 even under autocast: the reference's solve runs in fp32 there too, and W, U~ feed the
-  // carried state.
-  const UnitLowerSolve solve = [&launchers](const Tensor& A, const Tensor& R) {
-    const Tensor T = UnitLowerInverseFunction::apply(A, reinterpret_cast<int64_t>(&launchers))[0];
-    AutocastOff off(R.device().type());
-    return torch::matmul(T, R.to(torch::kFloat32));
+  // The optional q/k normalisation stays outside the Function (LibTorch ops, differentiated by autograd).
+  const auto [qn, kn] = l2_normalize_qk ? gated_delta_prepare_qk(q.to(torch::kFloat32), k.to(torch::kFloat32), true)
+                                        : std::pair<Tensor, Tensor>{q, k};
+  auto absent_as_empty = [&](const Tensor& t, torch::ScalarType dtype) {
+    return t.defined() ? t : torch::empty({0}, q.options().dtype(dtype));
   };
-  const GatedDeltaChunks c =
-      gated_delta_chunks(q, k, v, g, beta, reset, kChunk, l2_normalize_qk, torch::kFloat32, solve);
-  const Tensor s0 = initial_state.defined() ? initial_state : torch::empty({0}, q.options().dtype(torch::kFloat32));
-  variable_list out = GdnScanFunction::apply(c.u_tilde, c.w, c.k_end, c.gamma_end, s0,
-                                             reinterpret_cast<int64_t>(&launchers));
-  const Tensor o = gated_delta_chunk_output(c, out[0], out[1]);
-  return {o.to(q.scalar_type()), out[2]};
+  variable_list out = GatedDeltaFunction::apply(qn, kn, v, g, beta, absent_as_empty(initial_state, torch::kFloat32),
+                                                absent_as_empty(reset, torch::kBool),
+                                                reinterpret_cast<int64_t>(&launchers));
+  return {out[0].to(q.scalar_type()), out[1]};
 }
 
 GatedDeltaResult gated_delta_step_kernel_path(const GatedDeltaLaunchers& launchers, const torch::Tensor& q_t,
