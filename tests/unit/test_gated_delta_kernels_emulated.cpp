@@ -19,7 +19,10 @@
 #include <string>
 #include <vector>
 
+#include <ATen/autocast_mode.h>
+
 #include "op_testing.h"
+#include "subq/core/device.h"
 #include "ops/gated_delta/gated_delta_cuda.h"
 #include "ops/gated_delta/gated_delta_internal.h"
 #include "subq/core/error.h"
@@ -239,6 +242,41 @@ TEST_CASE("gated delta kernel path: gradients when only o or only the final stat
       }
     }
   }
+}
+
+TEST_CASE("gated delta kernel path under bf16 autocast matches the reference under autocast (CPU emulation)",
+          "[ops][gated_delta][kernels]") {
+  const Case c = make_case(1, 2, 100, 64, 64, "init reset neg bf16");
+  const Inputs in = make_inputs(c, 999);
+  g_opt.order = emu::Order::kAscending;
+  const std::vector<Tensor> inputs{in.q, in.k, in.v, in.g, in.beta, in.s0};
+  auto loss_of = [&](bool kernels) {
+    return [&, kernels](const std::vector<Tensor>& x) {
+      subq::ops::GatedDeltaResult r;
+      {
+        subq::AutocastGuard ac(torch::Device(torch::kCPU), torch::kBFloat16);
+        r = kernels ? d::gated_delta_kernel_path(kEmulated, x[0], x[1], x[2], x[3], x[4], x[5], in.reset, false)
+                    : subq::ops::gated_delta_chunkwise(x[0], x[1], x[2], x[3], x[4], x[5], in.reset);
+      }
+      return subq::test::project({r.o, r.final_state});
+    };
+  };
+  {
+    torch::NoGradGuard ng;
+    subq::ops::GatedDeltaResult got, want;
+    {
+      subq::AutocastGuard ac(torch::Device(torch::kCPU), torch::kBFloat16);
+      got = d::gated_delta_kernel_path(kEmulated, in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset, false);
+      want = subq::ops::gated_delta_chunkwise(in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset);
+    }
+    subq::test::require_close("o", got.o, want.o, 5e-3);
+    subq::test::require_close("final state", got.final_state, want.final_state, 5e-3);
+  }
+  const auto got = subq::test::grads_of(loss_of(true), inputs);
+  const auto want = subq::test::grads_of(loss_of(false), inputs);
+  const char* names[] = {"dq", "dk", "dv", "dg", "dbeta", "ds0"};
+  for (size_t i = 0; i < inputs.size(); ++i) subq::test::require_close(names[i], got[i], want[i], 1e-2);
+  CHECK(!at::autocast::is_autocast_enabled(torch::kCPU));
 }
 
 TEST_CASE("gated delta backward scan alone, in both thread orders (CPU emulation)", "[ops][gated_delta][kernels]") {
