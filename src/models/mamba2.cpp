@@ -54,6 +54,8 @@
 
 #include "subq/core/device.h"
 #include "subq/core/error.h"
+#include "subq/ops/ops_impl.h"
+#include "subq/ops/rms_norm.h"
 #include "subq/ops/short_conv.h"
 #include "subq/ops/ssd.h"
 
@@ -158,6 +160,9 @@ struct GatedRMSNormFn : torch::autograd::Function<GatedRMSNormFn> {
 }  // namespace
 
 torch::Tensor GatedRMSNormImpl::forward(const torch::Tensor& x, const torch::Tensor& z) {
+  // the fused kernel on CUDA (same math; keeps x, z and 1/rms for its backward), unless SUBQ_OPS_IMPL=reference
+  if (ops::ops_impl() != ops::OpsImpl::kReference && ops::rms_norm_cuda_unsupported(x, weight, z, groups_).empty())
+    return ops::rms_norm_cuda(x, weight, eps_, z, groups_);
   if (torch::GradMode::is_enabled() && (x.requires_grad() || z.requires_grad() || weight.requires_grad()))
     return GatedRMSNormFn::apply(x, z, weight, groups_, eps_);
   // no graph (evaluation, decoding): the same arithmetic without saving anything

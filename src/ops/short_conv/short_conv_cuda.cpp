@@ -53,6 +53,10 @@ class ShortConvCudaFunction : public torch::autograd::Function<ShortConvCudaFunc
   static Tensor forward(AutogradContext* ctx, const detail::ShortConvLaunchers* launchers, const Tensor& x_in,
                         const Tensor& weight, const Tensor& bias_in, const Tensor& reset_in, bool silu) {
     c10::DeviceGuard guard(x_in.device());
+    SUBQ_CHECK(x_in.scalar_type() == torch::kBFloat16 || x_in.scalar_type() == torch::kFloat16,
+               "short_conv kernels: dtype ", x_in.scalar_type(), " reached the kernel path");
+    SUBQ_CHECK(x_in.size(2) % 2 == 0 && weight.size(1) >= 2 && weight.size(1) <= 4,
+               "short_conv kernels: odd C or K outside 2..4 reached the kernel path");
     const Tensor x = pairs(x_in);
     const Tensor w = weight.to(torch::kFloat32).contiguous();
     const Tensor bias = bias_in.numel() ? bias_in.to(torch::kFloat32).contiguous() : Tensor();
