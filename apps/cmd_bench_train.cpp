@@ -1,6 +1,6 @@
 // cmd_bench_train.cpp — `subq bench train --config FILE [--set k=v ...] [--steps N] [--warmup N]
-// [--out bench/results/X.json]`: training throughput (tokens/s, step time, MFU, peak memory) of a config
-// on this machine, measured with the trainer's own step (see train/bench_train.h). The result JSON goes
+// [--profile N] [--out bench/results/X.json]`: training throughput (tokens/s, step time, MFU, peak memory)
+// of a config on this machine, measured with the trainer's own step (see train/bench_train.h). The result JSON goes
 // to stdout and, with --out, to a file (written atomically; parent directories created).
 #include <cstdio>
 #include <filesystem>
@@ -22,7 +22,7 @@ void add_bench_train_command(CLI::App& app, Context& ctx) {
     std::vector<std::string> configs;
     std::string out;
     std::vector<std::string> sets;
-    int64_t steps = 20, warmup = 5;
+    int64_t steps = 20, warmup = 5, profile = 0;
   };
   static Opts o;
   cmd->add_option("-c,--config", o.configs,
@@ -33,6 +33,9 @@ void add_bench_train_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--set", o.sets, "override a key: --set train.batch_size=16 (repeatable)")->take_all();
   cmd->add_option("--steps", o.steps, "measured steps")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "warm-up steps, not measured")->capture_default_str();
+  cmd->add_option("--profile", o.profile,
+                  "N > 0: profile one extra step after the measured ones and show its top N kernels and CPU ops")
+      ->capture_default_str();
   cmd->add_option("-o,--out", o.out, "also write the result JSON here (e.g. bench/results/train-125m-h200.json)");
   cmd->callback([&ctx] {
     ctx.action = [&ctx] {
@@ -49,6 +52,7 @@ void add_bench_train_command(CLI::App& app, Context& ctx) {
       train::BenchTrainOptions bo;
       bo.steps = o.steps;
       bo.warmup = o.warmup;
+      bo.profile_top = o.profile;
       bo.argv = ctx.argv;
       // under `subq launch` / torchrun / srun: every rank runs the benchmark, rank 0 reports
       const auto env = dist::LaunchEnv::from_environment();

@@ -54,6 +54,8 @@
 
 #include "subq/core/device.h"
 #include "subq/core/error.h"
+#include "subq/ops/ops_impl.h"
+#include "subq/ops/rms_norm.h"
 #include "subq/ops/short_conv.h"
 #include "subq/ops/ssd.h"
 
@@ -158,6 +160,9 @@ struct GatedRMSNormFn : torch::autograd::Function<GatedRMSNormFn> {
 }  // namespace
 
 torch::Tensor GatedRMSNormImpl::forward(const torch::Tensor& x, const torch::Tensor& z) {
+  // the fused kernel on CUDA (same math; keeps x, z and 1/rms for its backward), unless SUBQ_OPS_IMPL=reference
+  if (ops::ops_impl() != ops::OpsImpl::kReference && ops::rms_norm_cuda_unsupported(x, weight, z, groups_).empty())
+    return ops::rms_norm_cuda(x, weight, eps_, z, groups_);
   if (torch::GradMode::is_enabled() && (x.requires_grad() || z.requires_grad() || weight.requires_grad()))
     return GatedRMSNormFn::apply(x, z, weight, groups_, eps_);
   // no graph (evaluation, decoding): the same arithmetic without saving anything
@@ -191,10 +196,12 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& x, const torch::Tens
   const int64_t H = d_.heads, P = d_.head_dim, G = d_.groups, N = d_.d_state, Di = d_.d_inner;
   const bool single = state != nullptr && T == 1;
 
-  torch::Tensor zxbcdt = in_proj(x);  // [B, T, Di + conv_dim + H]
-  torch::Tensor z = zxbcdt.narrow(-1, 0, Di);
-  torch::Tensor xBC = zxbcdt.narrow(-1, Di, d_.conv_dim);
-  torch::Tensor dt = zxbcdt.narrow(-1, Di + d_.conv_dim, H);
+  // split, not three narrows: the backward of split is one concatenation, that of each narrow a zero-filled
+  // full-width gradient plus a copy (three [B, T, in_proj_dim] buffers per layer)
+  const auto zxbcdt = in_proj(x).split_with_sizes({Di, d_.conv_dim, H}, -1);  // [B, T, Di + conv_dim + H]
+  torch::Tensor z = zxbcdt[0];
+  torch::Tensor xBC = zxbcdt[1];
+  torch::Tensor dt = zxbcdt[2];
   const torch::Tensor w = conv1d->weight.squeeze(1);  // [conv_dim, K] view
 
   if (single) {
@@ -208,9 +215,10 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& x, const torch::Tens
   }
 
   // Head-first views for the op (no copies here).
-  torch::Tensor xs = xBC.narrow(-1, 0, Di).view({bs, T, H, P});
-  torch::Tensor Bm = xBC.narrow(-1, Di, G * N).view({bs, T, G, N});
-  torch::Tensor Cm = xBC.narrow(-1, Di + G * N, G * N).view({bs, T, G, N});
+  const auto xbc = xBC.split_with_sizes({Di, G * N, G * N}, -1);
+  torch::Tensor xs = xbc[0].view({bs, T, H, P});
+  torch::Tensor Bm = xbc[1].view({bs, T, G, N});
+  torch::Tensor Cm = xbc[2].view({bs, T, G, N});
   torch::Tensor delta = F::softplus(dt.to(torch::kFloat32) + dt_bias.to(torch::kFloat32));  // [B, T, H]
   torch::Tensor A = -torch::exp(A_log.to(torch::kFloat32));
 

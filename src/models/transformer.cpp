@@ -26,6 +26,7 @@
 #include <torch/torch.h>
 
 #include "subq/core/error.h"
+#include "subq/ops/rms_norm.h"
 
 namespace subq::models {
 
@@ -37,9 +38,8 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  auto xf = x.to(torch::kFloat32);
-  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
-  return weight * y.to(x.scalar_type());
+  // weight * (x / rms(x) in fp32, cast back to x's dtype): the fused kernel on CUDA, LibTorch ops elsewhere
+  return ops::rms_norm(x, weight, eps_);
 }
 
 // ------------------------------------------------------------------------------------------------- RoPE

@@ -9,6 +9,8 @@
 //    end (train() always writes a final one; it lands in the temporary directory and is deleted).
 //  * Synthetic data: uniform random token ids (seeded) in a pool of 8 batches pre-placed on the device;
 //    the cost of a step does not depend on token values, and an empty data pipeline isolates compute.
+//  * --profile adds one step after the measured ones and profiles it (train/profile.h), so the profiler's
+//    overhead never reaches the measured numbers; that step's metrics line is skipped like the warm-up's.
 //  * Medians, not means: the first steps after warm-up and the occasional allocator or OS hiccup skew a
 //    mean; min and max are reported beside the median so the spread is visible.
 #include "subq/train/bench_train.h"
@@ -38,6 +40,7 @@
 #include "subq/data/batch.h"
 #include "subq/dist/context.h"
 #include "subq/models/model.h"
+#include "subq/train/profile.h"
 #include "subq/train/metrics.h"
 #include "subq/train/trainer.h"
 
@@ -133,7 +136,9 @@ nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts,
   cfg.run.out_dir = tmp.path.parent_path().string();
   cfg.run.name = tmp.path.filename().string();
   cfg.run.resume = "never";
-  cfg.train.steps = opts.warmup + opts.steps;
+  if (opts.profile_top < 0) throw UsageError(str("--profile must be >= 0 (the number of entries shown), got ", opts.profile_top));
+  const int64_t measured_end = opts.warmup + opts.steps;
+  cfg.train.steps = measured_end + (opts.profile_top > 0 ? 1 : 0);
   cfg.train.log_every = 1;
   cfg.train.ckpt_every = 0;
   cfg.train.keep_last = 1;
@@ -160,7 +165,17 @@ nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts,
   log::info(str("bench train: ", opts.warmup, " warm-up + ", opts.steps, " measured steps of ", cfg.model.arch,
                 " at batch ", cfg.train.batch_size, " x seq ", cfg.data.seq_len, " x accum ", cfg.train.grad_accum,
                 " on ", device.str(), " (", c10::toString(compute), ")"));
-  TrainResult tr = train(cfg, rd, data, {}, dist);
+  TrainHooks hooks;
+  StepProfiler profiler;
+  nlohmann::json profile;
+  if (opts.profile_top > 0) {
+    hooks.on_step = [&](const nlohmann::json& rec) {
+      const int64_t s = rec["step"].get<int64_t>();
+      if (s == measured_end) profiler.start();
+      if (s == measured_end + 1 && profiler.running()) profile = profiler.stop(opts.profile_top);
+    };
+  }
+  TrainResult tr = train(cfg, rd, data, hooks, dist);
   if (distributed && !dist->is_main()) return nullptr;  // rank 0 reports
 
   // The trainer's own per-step metrics.
@@ -176,7 +191,8 @@ nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts,
       };
       loss.push_back(num("loss"));
       mem.push_back(num("mem_gib"));
-      if (j["step"].get<int64_t>() <= opts.warmup) continue;
+      const int64_t step = j["step"].get<int64_t>();
+      if (step <= opts.warmup || step > measured_end) continue;
       tok_s.push_back(num("tokens_per_s"));
       mfu.push_back(num("mfu"));
     }
@@ -259,6 +275,10 @@ nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts,
   r["loss"] = {{"first", loss.empty() ? nlohmann::json(nullptr) : nlohmann::json(loss.front())},
                {"last", loss.empty() ? nlohmann::json(nullptr) : nlohmann::json(loss.back())}};
   r["skipped_steps"] = tr.skipped_steps;
+  if (!profile.is_null()) {
+    log_profile(profile);
+    r["profile"] = profile;
+  }
   r["config"] = config::to_yaml(base);
   return r;
 }

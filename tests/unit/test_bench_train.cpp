@@ -56,6 +56,29 @@ TEST_CASE("bench train runs the trainer on synthetic tokens and reports", "[benc
   CHECK(std::isfinite(r["loss"]["last"].get<double>()));
   CHECK(r["config"].get<std::string>().find("d_model: 32") != std::string::npos);
   CHECK(fs::is_empty(work));  // the scratch run directory is gone
+
+  // --profile: one extra, profiled step; the measured steps and their count are unchanged, and the
+  // profile names the CPU operators of a training step (no device kernels on a CPU)
+  o.profile_top = 5;
+  auto rp = subq::train::bench_train(cfg, o);
+  INFO(rp.dump(2));
+  CHECK(rp["setup"]["measured_steps"] == 3);
+  REQUIRE(rp.contains("profile"));
+  CHECK_FALSE(rp["profile"]["cuda_activity"].get<bool>());
+  CHECK(rp["profile"]["wall_ms"].get<double>() > 0);
+  CHECK(rp["profile"]["kernels"].empty());
+  const auto& ops = rp["profile"]["cpu_ops"];
+  REQUIRE(ops.size() == 5);
+  CHECK(ops[0]["ms"].get<double>() >= ops[4]["ms"].get<double>());
+  bool saw_aten = false;
+  for (const auto& e : ops) saw_aten = saw_aten || e["name"].get<std::string>().rfind("aten::", 0) == 0 ||
+                                       e["name"].get<std::string>().find("autograd") != std::string::npos;
+  CHECK(saw_aten);
+  CHECK(fs::is_empty(work));
+  o.profile_top = -1;
+  CHECK_THROWS_AS(subq::train::bench_train(cfg, o), subq::UsageError);
+  o.profile_top = 0;
+  CHECK_FALSE(subq::train::bench_train(cfg, o).contains("profile"));
   fs::remove_all(work);
 
   o.warmup = 0;

@@ -1,6 +1,7 @@
 // short_conv.h — the short causal depthwise convolution used before the recurrences (Mamba-2's conv on
 // xBC, Gated DeltaNet's q/k/v convs, optional in xLSTM): per channel, a K-tap causal FIR filter, plus an
-// optional bias and an optional fused SiLU. LibTorch ops, autograd-able, any device.
+// optional bias and an optional fused SiLU. LibTorch references (autograd-able, any device) and a CUDA
+// kernel with its own backward for bf16/fp16 training on the GPU.
 //
 //   y[b, t, c] = act( bias[c] + sum_{j=0..K-1} weight[c, j] * x[b, t - (K-1) + j, c] )
 // so weight[c, K-1] multiplies the current token (torch's conv1d with groups = C and K-1 left padding,
@@ -27,6 +28,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <string>
 
 namespace subq::ops {
 
@@ -37,9 +39,27 @@ struct ShortConvResult {
   torch::Tensor cache;  // [B, K-1, C] in the compute dtype
 };
 
-// Parallel form (torch conv1d when there is no reset; masked taps otherwise).
+// The dispatching entry (what models call). With SUBQ_OPS_IMPL=auto (default): short_conv_cuda when
+// short_conv_cuda_unsupported() is empty, else short_conv_parallel; =reference: always short_conv_parallel;
+// =cuda: always the kernel (throws InputError saying why when it cannot run).
 ShortConvResult short_conv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {},
                            bool silu = false, const torch::Tensor& cache = {}, const torch::Tensor& reset = {});
+
+// Parallel LibTorch form (torch conv1d when there is no reset; masked taps otherwise): the reference of
+// the kernel, and what runs on CPU and for calls that continue from a cache.
+ShortConvResult short_conv_parallel(const torch::Tensor& x, const torch::Tensor& weight,
+                                    const torch::Tensor& bias = {}, bool silu = false,
+                                    const torch::Tensor& cache = {}, const torch::Tensor& reset = {});
+
+// CUDA kernel form (src/ops/short_conv/short_conv_cuda.cu): bf16/fp16 x on a CUDA device, even C, K in
+// {2, 3, 4}, no cache; fp32 math; custom autograd (dx, dweight, dbias). The returned cache is fp32 like
+// the reference's. Throws InputError when unsupported.
+ShortConvResult short_conv_cuda(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {},
+                                bool silu = false, const torch::Tensor& reset = {});
+
+// "" when short_conv_cuda can run (x [B, T, C], weight [C, K], the cache the call would pass), else why not.
+std::string short_conv_cuda_unsupported(const torch::Tensor& x, const torch::Tensor& weight,
+                                        const torch::Tensor& cache = {});
 
 // Recurrent form: short_conv_step over t (the reference for the parallel form and for decoding).
 ShortConvResult short_conv_recurrent(const torch::Tensor& x, const torch::Tensor& weight,

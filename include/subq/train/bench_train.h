@@ -37,6 +37,9 @@ struct BenchTrainOptions {
   int64_t warmup = 5;          // discarded steps before them (>= 1: the first step compiles/allocates)
   std::string work_dir;        // parent of the temporary run directory ("" = the system temp directory)
   std::vector<std::string> argv;  // the command, recorded in the result
+  // > 0: one more step after the measured ones runs under the profiler (train/profile.h); the result
+  // gets "profile" with the top `profile_top` kernels and CPU operators of that step. 0 = no profile.
+  int64_t profile_top = 0;
 };
 
 // Runs the benchmark for `cfg` (model.vocab_size must be resolved, > 0). Returns the result JSON.

@@ -1,4 +1,5 @@
-// reference_parallel.cpp — the short causal convolution over a whole sequence at once (the training path).
+// reference_parallel.cpp — short_conv_parallel: the short causal convolution over a whole sequence at once with
+// LibTorch ops (the reference of the CUDA kernel, and the path on CPU and for calls with a cache).
 //
 // Decisions:
 //  * The cache (or zeros) is prepended as K-1 left context, so "causal padding" and "continue from a
@@ -16,7 +17,7 @@ namespace subq::ops {
 
 using torch::Tensor;
 
-ShortConvResult short_conv(const Tensor& x, const Tensor& weight, const Tensor& bias, bool silu, const Tensor& cache,
+ShortConvResult short_conv_parallel(const Tensor& x, const Tensor& weight, const Tensor& bias, bool silu, const Tensor& cache,
                            const Tensor& reset) {
   const char* op = "short_conv";
   detail::expect_ndim(op, "x", x, 3, "[B, T, C]");

@@ -20,3 +20,12 @@ Dims check(const char* op, const torch::Tensor& x3, const torch::Tensor& weight,
 torch::Tensor initial_cache(const torch::Tensor& cache, const Dims& d, torch::ScalarType ct, const torch::Device& dev);
 
 }  // namespace subq::ops::short_conv_detail
+
+namespace subq::ops::detail {
+struct ShortConvLaunchers;
+// short_conv_cuda()'s path (autograd function + cache) with the given launchers and no support checks
+// (used with emulated launchers on CPU tensors in tests).
+ShortConvResult short_conv_with_kernels(const ShortConvLaunchers& launchers, const torch::Tensor& x,
+                                        const torch::Tensor& weight, const torch::Tensor& bias, bool silu,
+                                        const torch::Tensor& reset);
+}  // namespace subq::ops::detail
