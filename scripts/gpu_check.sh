@@ -2,8 +2,12 @@
 # gpu_check.sh — the whole GPU check in one call (made for the H200 image: Ubuntu 24.04, its torch
 # 2.11.0+cu130, nvcc 13, NCCL, no network): build for sm_90a, run every test (cpu and gpu labels),
 # print the machine, time the ops that have CUDA kernels (gpu_bench_ops.sh), run a short training
-# smoke test on the GPU. Logs and summary.txt go to
+# smoke test on the GPU, time the 340M configs' training (gpu_bench_train.sh). Logs and summary.txt go to
 # $OUT (or ./gpu-check-out). Exit status is non-zero when any step failed.
+#   SUBQ_CHECK_LABELS   ctest labels to run (default "cpu|gpu"; "gpu" when CI already ran the CPU suite)
+#   SUBQ_SMOKE=0        skip the smoke run;  SUBQ_BENCH_TRAIN=0  skip the training benchmarks
+#   SUBQ_CHECK_BUDGET_S wall-clock budget: every step gets at most what is left of it (default: none), so
+#                       a limited device session still returns the steps' logs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -17,11 +21,18 @@ status=0
 # Every step's output goes to $OUT/check.log (one file: the device tool returns only a few files).
 log="$OUT/check.log"
 : > "$log"
+T_START=$SECONDS
 step() {  # step NAME CMD... : runs CMD, appends its output to check.log, records ok/FAIL and the time
   local name=$1; shift
   local t0=$SECONDS
+  local limit=()
+  if [ -n "${SUBQ_CHECK_BUDGET_S:-}" ]; then
+    local left=$((SUBQ_CHECK_BUDGET_S - (SECONDS - T_START) - 5))
+    if [ $left -le 5 ]; then echo "skip  $name (budget spent)" | tee -a "$summary"; status=1; LAST_LOG=""; return; fi
+    limit=(timeout $left)
+  fi
   echo "===== $name: $*" >> "$log"
-  if "$@" > "$OUT/.step.log" 2>&1; then
+  if "${limit[@]}" "$@" > "$OUT/.step.log" 2>&1; then
     echo "ok    $name ($((SECONDS - t0)) s)" | tee -a "$summary"
   else
     echo "FAIL  $name ($((SECONDS - t0)) s): see check.log" | tee -a "$summary"
@@ -41,13 +52,17 @@ step build env SUBQ_NO_SETUP=1 SUBQ_BUILD_DIR="$BUILD" SUBQ_CMAKE_ARGS="-DSUBQ_C
 if [ -x "$BUILD/apps/subq" ]; then
   step version "$BUILD/apps/subq" version
   echo "$LAST_LOG" >> "$summary"
-  step tests ctest --test-dir "$BUILD" -L "cpu|gpu" --output-on-failure -j 8
+  step tests ctest --test-dir "$BUILD" -L "${SUBQ_CHECK_LABELS:-cpu|gpu}" --output-on-failure -j 8
   echo "$LAST_LOG" | grep -E "tests passed|tests failed|^\s+[0-9]+ - " | tee -a "$summary"
   if [ -x scripts/gpu_bench_ops.sh ]; then
     step bench-ops env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_bench_ops.sh
     echo "$LAST_LOG" | grep -E "\] B[0-9]+ T[0-9]+" | tee -a "$summary"
   fi
-  if [ -x scripts/gpu_smoke.sh ]; then
+  if [ "${SUBQ_BENCH_TRAIN:-1}" != 0 ] && [ -x scripts/gpu_bench_train.sh ]; then
+    step bench-train env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_bench_train.sh
+    echo "$LAST_LOG" | grep -E "^\[" | tee -a "$summary"
+  fi
+  if [ "${SUBQ_SMOKE:-1}" != 0 ] && [ -x scripts/gpu_smoke.sh ]; then
     step smoke env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_smoke.sh
     echo "$LAST_LOG" | tail -3 >> "$summary"
   fi
