@@ -9,6 +9,7 @@
 #include "subq/core/fs.h"
 #include "subq/core/log.h"
 #include "subq/core/run_config.h"
+#include "subq/dist/context.h"
 #include "subq/train/bench_train.h"
 #include "subq/train/lm_data.h"
 
@@ -18,19 +19,24 @@ namespace {
 void add_bench_train_command(CLI::App& app, Context& ctx) {
   auto* cmd = bench_command(app)->add_subcommand("train", "training throughput of a config (tokens/s, MFU, memory)");
   struct Opts {
-    std::string config, out;
+    std::vector<std::string> configs;
+    std::string out;
     std::vector<std::string> sets;
     int64_t steps = 20, warmup = 5;
   };
   static Opts o;
-  cmd->add_option("-c,--config", o.config, "run config (YAML): model, batch, seq_len, device, dtype")->required();
+  cmd->add_option("-c,--config", o.configs,
+                  "run config (YAML): model, batch, seq_len, device, dtype; repeat to merge more files on top")
+      ->required()
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--set", o.sets, "override a key: --set train.batch_size=16 (repeatable)")->take_all();
   cmd->add_option("--steps", o.steps, "measured steps")->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "warm-up steps, not measured")->capture_default_str();
   cmd->add_option("-o,--out", o.out, "also write the result JSON here (e.g. bench/results/train-125m-h200.json)");
   cmd->callback([&ctx] {
     ctx.action = [&ctx] {
-      RunConfig cfg = load_run_config(o.config, o.sets);
+      RunConfig cfg = load_run_config(o.configs, o.sets);
       // vocab_size 0: the tokenizer's vocabulary rounded as `subq train` rounds it (train::resolve_vocab_size).
       // An explicit vocab_size needs no tokenizer, so a model can be benchmarked before any data exists.
       if (cfg.model.vocab_size == 0) {
@@ -44,7 +50,16 @@ void add_bench_train_command(CLI::App& app, Context& ctx) {
       bo.steps = o.steps;
       bo.warmup = o.warmup;
       bo.argv = ctx.argv;
-      nlohmann::json r = train::bench_train(cfg, bo);
+      // under `subq launch` / torchrun / srun: every rank runs the benchmark, rank 0 reports
+      const auto env = dist::LaunchEnv::from_environment();
+      auto dctx = env.distributed() ? dist::Context::join(env, cfg.dist, dist::device_for(cfg.run.device, env))
+                                    : std::make_unique<dist::Context>();
+      nlohmann::json r = dist::run_guarded(*dctx, [&] {
+        auto res = train::bench_train(cfg, bo, dctx.get());
+        dctx->shutdown();
+        return res;
+      });
+      if (r.is_null()) return 0;
       const std::string text = r.dump(2) + "\n";
       std::fputs(text.c_str(), stdout);
       std::fflush(stdout);

@@ -1,13 +1,17 @@
 # write_build_info.cmake — script mode: writes OUT with the current git commit; rewrites only on change.
-execute_process(COMMAND git -C "${SRC}" rev-parse --short=12 HEAD OUTPUT_VARIABLE commit
-                OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE rc)
-if(NOT rc EQUAL 0 OR NOT commit)
-  # no git checkout (e.g. a copied tree): the caller may say which commit it is
-  if(DEFINED ENV{SUBQ_BUILD_COMMIT} AND NOT "$ENV{SUBQ_BUILD_COMMIT}" STREQUAL "")
-    set(commit "$ENV{SUBQ_BUILD_COMMIT}")
-  else()
-    set(commit "unknown")
-  endif()
+# SUBQ_BUILD_COMMIT in the environment wins over git: a copied tree (the GPU machine's) may carry a stale
+# .git of its own, and the caller knows which commit it copied.
+if(DEFINED ENV{SUBQ_BUILD_COMMIT} AND NOT "$ENV{SUBQ_BUILD_COMMIT}" STREQUAL "")
+  set(commit "$ENV{SUBQ_BUILD_COMMIT}")
+  set(rc 0)
+  set(from_env TRUE)
+else()
+  execute_process(COMMAND git -C "${SRC}" rev-parse --short=12 HEAD OUTPUT_VARIABLE commit
+                  OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE rc)
+endif()
+if(from_env)
+elseif(NOT rc EQUAL 0 OR NOT commit)
+  set(commit "unknown")
 else()
   execute_process(COMMAND git -C "${SRC}" status --porcelain --untracked-files=no
                   OUTPUT_VARIABLE dirty OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)

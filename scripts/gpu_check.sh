@@ -51,6 +51,11 @@ if [ -x "$BUILD/apps/subq" ]; then
     step smoke env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_smoke.sh
     echo "$LAST_LOG" | tail -3 >> "$summary"
   fi
+  # data-parallel scaling (weak, same per-GPU batch) where there are >= 2 GPUs; SUBQ_DIST_SCALING=0 skips it
+  if [ "${SUBQ_DIST_SCALING:-1}" != 0 ] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+    step dist-scaling env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/dist_scaling.sh configs/code/transformer-340m.yaml 2 4
+    echo "$LAST_LOG" | tail -6 >> "$summary"
+  fi
 fi
 echo "status: $([ $status = 0 ] && echo PASS || echo FAIL)" | tee -a "$summary"
 exit $status

@@ -10,7 +10,10 @@
 #   SUBQ_PYTHON        python interpreter whose torch provides LibTorch (default: see scripts/python.sh)
 #   SUBQ_SKIP_APT=1    never call apt-get (report missing system packages instead)
 #   SUBQ_TEST_EXTRAS=1 also install the PyPI packages the golden tests compare against
-#                      (tokenizers, transformers, safetensors); without them those tests skip.
+#                      (tokenizers, transformers, safetensors; flash-linear-attention 0.6.0 for the Gated
+#                      DeltaNet export check: ~17 MB of Python plus einops, no compiled code — it imports
+#                      triton, which PyPI's default Linux torch wheel already depends on); without them
+#                      those tests skip.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -102,8 +105,14 @@ fi
 if [ "${SUBQ_TEST_EXTRAS:-0}" = 1 ]; then
   need=()
   "$PY" -c "import tokenizers" 2>/dev/null || need+=(tokenizers)
-  "$PY" -c "import transformers" 2>/dev/null || need+=(transformers)
+  # transformers >= 4.56: the xLSTM export test needs xLSTMForCausalLM (4.55+), check_hf_export.py dtype= (4.56+)
+  "$PY" -c "from transformers import xLSTMForCausalLM" 2>/dev/null || need+=("transformers>=4.56")
   "$PY" -c "import safetensors" 2>/dev/null || need+=(safetensors)
+  # fla pins transformers>=5.6.2,<6; pip upgrades an older transformers to satisfy it
+  # (checked through package metadata: importing fla takes seconds, it loads its Triton kernels)
+  "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('flash-linear-attention') != '0.6.0')" \
+    2>/dev/null \
+    || need+=(flash-linear-attention==0.6.0 fla-core==0.6.0)
   if ((${#need[@]})); then
     say "installing test extras: ${need[*]}"
     "$PY" -m pip install -q --disable-pip-version-check "${need[@]}" \

@@ -586,6 +586,7 @@ void load_into(const SectionInfo& info, void* out, const Source& src) {
   } else if (!src.path.empty()) {
     root = load_file(src.path, stack, origins, "");
   }
+  for (const auto& layer : src.layers) merge(root, load_file(layer, stack, origins, ""));
   for (const auto& ov : src.overrides) apply_override(root, ov, origins);
   Parser p{info, origins};
   p.parse_section(info, out, root, "");

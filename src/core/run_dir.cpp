@@ -15,8 +15,21 @@ namespace fs = std::filesystem;
 namespace subq {
 
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
-  RunConfig cfg = config::load<RunConfig>({path, overrides, ""});
-  if (cfg.run.name.empty()) cfg.run.name = path.empty() ? "run" : fs::path(path).stem().string();
+  return load_run_config(path.empty() ? std::vector<std::string>{} : std::vector<std::string>{path}, overrides);
+}
+
+RunConfig load_run_config(const std::vector<std::string>& paths, const std::vector<std::string>& overrides) {
+  config::Source src;
+  if (!paths.empty()) {
+    src.path = paths.front();
+    src.layers.assign(paths.begin() + 1, paths.end());
+  }
+  src.overrides = overrides;
+  RunConfig cfg = config::load<RunConfig>(src);
+  if (cfg.run.name.empty()) {
+    for (const auto& p : paths) cfg.run.name += (cfg.run.name.empty() ? "" : "-") + fs::path(p).stem().string();
+    if (cfg.run.name.empty()) cfg.run.name = "run";
+  }
   return cfg;
 }
 

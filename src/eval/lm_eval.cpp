@@ -22,6 +22,8 @@ nlohmann::json LmEvalResult::to_json() const {
   j["eval_tokens"] = tokens;
   j["eval_bytes"] = bytes;
   j["eval_batches"] = batches;
+  if (extra.is_object())
+    for (const auto& [k, v] : extra.items()) j[k] = v;
   return j;
 }
 

@@ -36,6 +36,7 @@
 #include "subq/core/log.h"
 #include "subq/core/run_dir.h"
 #include "subq/data/batch.h"
+#include "subq/dist/context.h"
 #include "subq/models/model.h"
 #include "subq/train/metrics.h"
 #include "subq/train/trainer.h"
@@ -120,7 +121,7 @@ bool reset_peak_rss() {
 
 }  // namespace
 
-nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts) {
+nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts, dist::Context* dist) {
   if (opts.steps < 1) throw UsageError(str("--steps must be >= 1, got ", opts.steps));
   if (opts.warmup < 1) throw UsageError(str("--warmup must be >= 1 (the first step allocates and tunes), got ", opts.warmup));
   if (base.model.vocab_size <= 0)
@@ -139,11 +140,13 @@ nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts)
   cfg.eval.every = 0;
   RunDir rd{tmp.path.string()};
 
-  const torch::Device device = resolve_device(cfg.run.device);
+  const bool distributed = dist && dist->distributed();
+  const int64_t world = distributed ? dist->world() : 1;
+  const torch::Device device = distributed ? dist->device() : resolve_device(cfg.run.device);
   const torch::ScalarType compute = resolve_dtype(cfg.run.dtype, device);
   if (cfg.run.threads > 0) at::set_num_threads(static_cast<int>(cfg.run.threads));
   SyntheticTokens source(cfg.model.vocab_size, cfg.train.batch_size, cfg.data.seq_len, device,
-                         static_cast<uint64_t>(cfg.run.seed) + 1);
+                         static_cast<uint64_t>(cfg.run.seed) + 1 + static_cast<uint64_t>(distributed ? dist->rank() : 0));
   TrainData data;
   data.train = &source;
 
@@ -157,7 +160,8 @@ nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts)
   log::info(str("bench train: ", opts.warmup, " warm-up + ", opts.steps, " measured steps of ", cfg.model.arch,
                 " at batch ", cfg.train.batch_size, " x seq ", cfg.data.seq_len, " x accum ", cfg.train.grad_accum,
                 " on ", device.str(), " (", c10::toString(compute), ")"));
-  TrainResult tr = train(cfg, rd, data);
+  TrainResult tr = train(cfg, rd, data, {}, dist);
+  if (distributed && !dist->is_main()) return nullptr;  // rank 0 reports
 
   // The trainer's own per-step metrics.
   std::vector<double> tok_s, mfu, mem, loss;
@@ -180,7 +184,7 @@ nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts)
   if (static_cast<int64_t>(tok_s.size()) != opts.steps)
     throw InternalError(str("bench train: expected ", opts.steps, " measured metrics lines, found ", tok_s.size()));
 
-  const int64_t tokens_per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum;
+  const int64_t tokens_per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum * world;
   std::vector<double> step_s;
   for (double t : tok_s) step_s.push_back(t > 0 ? static_cast<double>(tokens_per_step) / t : NAN);
   nlohmann::json tok_stats = stats(tok_s);
@@ -240,13 +244,14 @@ nlohmann::json bench_train(const RunConfig& base, const BenchTrainOptions& opts)
                 {"batch_size", cfg.train.batch_size},
                 {"seq_len", cfg.data.seq_len},
                 {"grad_accum", cfg.train.grad_accum},
+                {"world", world},
                 {"tokens_per_step", tokens_per_step},
                 {"warmup_steps", opts.warmup},
                 {"measured_steps", opts.steps},
                 {"data", "synthetic uniform token ids, pre-placed on the device"}};
   r["tokens_per_s"] = tok_stats;
   r["step_time_s"] = stats(step_s);
-  r["mfu"] = stats(mfu);
+  r["mfu"] = stats(mfu);  // per GPU
   r["peak_flops"] = peak ? nlohmann::json(*peak) : nlohmann::json(nullptr);
   r["achieved_tflops"] = tok_stats.is_null() ? nlohmann::json(nullptr)
                                              : nlohmann::json(tok_stats["median"].get<double>() * flops_tok / 1e12);

@@ -279,7 +279,8 @@ void load_model_weights(torch::nn::Module& model, const std::string& checkpoint_
 
 // ------------------------------------------------------------------------------------------------ save
 std::string save_checkpoint(const std::string& run_dir, int64_t step, const torch::nn::Module& model,
-                            const AdamW* optimizer, const nlohmann::json& trainer_state, int64_t keep_last) {
+                            const AdamW* optimizer, const nlohmann::json& trainer_state, int64_t keep_last,
+                            const TensorMap* optimizer_state) {
   SUBQ_CHECK(keep_last >= 1);
   const fs::path root = ckpt_root(run_dir);
   std::error_code ec;
@@ -292,7 +293,8 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const torc
   if (ec) throw RuntimeError(str("cannot create ", tmp.string(), ": ", ec.message(), " (disk full? permissions?)"));
 
   save_safetensors((tmp / "model.safetensors").string(), model_tensors(model), {{"format", "subq-model-1"}});
-  if (optimizer) optimizer->save((tmp / "optimizer.safetensors").string());
+  if (optimizer && optimizer_state) optimizer->save((tmp / "optimizer.safetensors").string(), *optimizer_state);
+  else if (optimizer) optimizer->save((tmp / "optimizer.safetensors").string());
   nlohmann::json st = trainer_state;
   st["format"] = 1;
   st["step"] = step;

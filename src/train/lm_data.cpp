@@ -1,11 +1,11 @@
-// lm_data.cpp — see lm_data.h. Single process for now: rank 0 of world 1 (data parallel passes its rank
-// and world to the loaders when it lands).
+// lm_data.cpp — see lm_data.h. Data parallel passes each process's rank and world to the loaders.
 #include "subq/train/lm_data.h"
 
 #include <filesystem>
 
 #include "subq/core/error.h"
 #include "subq/core/log.h"
+#include "subq/data/synthetic.h"
 
 namespace subq::train {
 
@@ -17,7 +17,29 @@ std::optional<data::Tokenizer> load_run_tokenizer(const RunConfig& cfg) {
   return data::Tokenizer::from_file(cfg.data.tokenizer);
 }
 
+namespace {
+void resolve_synthetic(RunConfig& cfg) {
+  const data::SyntheticTask task(cfg.data.synthetic);  // validates the task settings
+  const int64_t v = task.vocab_size();
+  if (cfg.model.vocab_size == 0) {
+    cfg.model.vocab_size = v;
+    log::info(str("model.vocab_size = ", v, " (synthetic task ", task.name(), ")"));
+  } else if (cfg.model.vocab_size < v) {
+    throw ConfigError(str("model.vocab_size = ", cfg.model.vocab_size, " is smaller than the vocabulary of synthetic task ",
+                          task.name(), " (", v, " ids); set model.vocab_size to 0 (take it from the task) or at least ", v));
+  }
+  if (cfg.data.seq_len != cfg.data.synthetic.train_len) {
+    log::debug(str("data.seq_len = ", cfg.data.synthetic.train_len, " (data.synthetic.train_len)"));
+    cfg.data.seq_len = cfg.data.synthetic.train_len;
+  }
+}
+}  // namespace
+
 std::optional<data::Tokenizer> resolve_vocab_size(RunConfig& cfg) {
+  if (cfg.data.task == "synthetic") {
+    resolve_synthetic(cfg);
+    return std::nullopt;
+  }
   auto tok = load_run_tokenizer(cfg);
   if (cfg.model.vocab_size == 0) {
     if (!tok)
@@ -44,7 +66,8 @@ void check_shard_vocab(const data::ShardSet& s, const RunConfig& cfg, const char
 }
 }  // namespace
 
-LmData open_lm_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_val) {
+LmData open_lm_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_val, int64_t rank,
+                    int64_t world) {
   SUBQ_CHECK(cfg.model.vocab_size > 0, "resolve model.vocab_size first");
   LmData d;
   d.tokenizer = load_run_tokenizer(cfg);
@@ -57,11 +80,11 @@ LmData open_lm_data(const RunConfig& cfg, const torch::Device& device, bool with
   }
   if (with_train) {
     d.train = std::make_unique<data::TokenWindowLoader>(data::LoaderOptions::from_config(
-        cfg.data, cfg.train.batch_size, static_cast<uint64_t>(cfg.run.seed), 0, 1, device));
+        cfg.data, cfg.train.batch_size, static_cast<uint64_t>(cfg.run.seed), rank, world, device));
     check_shard_vocab(d.train->shards(), cfg, "data.train");
   }
   if (with_val && !cfg.data.val.empty()) {
-    d.val = std::make_unique<data::EvalWindows>(data::EvalOptions::from_config(cfg.data, cfg.eval, 0, 1, device, bytes));
+    d.val = std::make_unique<data::EvalWindows>(data::EvalOptions::from_config(cfg.data, cfg.eval, rank, world, device, bytes));
     check_shard_vocab(d.val->shards(), cfg, "data.val");
   }
   return d;

@@ -43,13 +43,32 @@ bool use_fused_adamw(const std::string& mode, const torch::Device& device) {
 }
 
 AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, const OptimConfig& cfg) : cfg_(cfg) {
+  init(params, nullptr);
+}
+
+AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, const OptimConfig& cfg,
+             const std::vector<bool>& decay)
+    : cfg_(cfg) {
+  SUBQ_CHECK(decay.size() == params.size(), "AdamW: one decay flag per parameter");
+  init(params, &decay);
+}
+
+bool AdamW::default_decay(const std::string& name, const torch::Tensor& p, const OptimConfig& cfg) {
+  for (const auto& sub : cfg.no_decay)
+    if (!sub.empty() && name.find(sub) != std::string::npos) return false;
+  return p.dim() >= 2;
+}
+
+void AdamW::init(const std::vector<std::pair<std::string, torch::Tensor>>& params, const std::vector<bool>* decay) {
+  const auto& cfg = cfg_;
   SUBQ_CHECK(cfg.betas.size() == 2, "optim.betas needs two values");
   if (cfg.name != "adamw") throw ConfigError(str("optim.name = '", cfg.name, "': only adamw is implemented"));
   SUBQ_CHECK(!params.empty(), "AdamW needs parameters");
   const auto device = params.front().second.device();
   fused_ = use_fused_adamw(cfg.fused, device);
   torch::NoGradGuard ng;
-  for (const auto& [name, p] : params) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& [name, p] = params[i];
     SUBQ_CHECK(p.is_floating_point(), "parameter ", name, " is not floating point");
     if (p.device() != device)
       throw InternalError(str("AdamW: parameter ", name, " is on ", p.device().str(), ", others on ", device.str()));
@@ -59,16 +78,10 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, c
     s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Contiguous);
     s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Contiguous);
     s.step_t = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
-    s.decay = name_decays(name) && p.dim() >= 2;
+    s.decay = decay ? (*decay)[i] : default_decay(name, p, cfg);
     slots_.push_back(std::move(s));
     params_.push_back(p);
   }
-}
-
-bool AdamW::name_decays(const std::string& name) const {
-  for (const auto& sub : cfg_.no_decay)
-    if (!sub.empty() && name.find(sub) != std::string::npos) return false;
-  return true;
 }
 
 bool AdamW::decays(const std::string& name) const {
@@ -197,24 +210,28 @@ void AdamW::load_state_tensors(const TensorMap& state, const std::string& what) 
   }
 }
 
-void AdamW::save(const std::string& path) const {
+void AdamW::save(const std::string& path) const { save(path, state_tensors()); }
+
+void AdamW::save(const std::string& path, const TensorMap& state) const {
   std::map<std::string, std::string> meta{
       {"format", "subq-adamw-1"},
       {"betas", str(cfg_.betas[0], ",", cfg_.betas[1])},
       {"eps", str(cfg_.eps)},
       {"weight_decay", str(cfg_.weight_decay)},
   };
-  save_safetensors(path, state_tensors(), meta);
+  save_safetensors(path, state, meta);
 }
 
-void AdamW::load(const std::string& path) {
+TensorMap AdamW::read_state(const std::string& path) {
   auto f = load_safetensors(path);
   auto it = f.metadata.find("format");
   if (it == f.metadata.end() || it->second != "subq-adamw-1")
     throw InputError(str(path, ": not a subq AdamW state file (metadata format = '",
                          it == f.metadata.end() ? std::string() : it->second, "', expected subq-adamw-1)"));
-  load_state_tensors(f.tensors, path);
+  return std::move(f.tensors);
 }
+
+void AdamW::load(const std::string& path) { load_state_tensors(read_state(path), path); }
 
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
   torch::NoGradGuard ng;

@@ -1,5 +1,5 @@
-// test_config.cpp — the config system: parsing, defaults, every error class, overrides, includes,
-// round trip of the resolved config.
+// test_config.cpp — the config system: parsing, defaults, every error class, overrides, includes, layered
+// files, round trip of the resolved config.
 #include <filesystem>
 #include <fstream>
 
@@ -147,6 +147,39 @@ TEST_CASE("includes merge depth-first; the including file wins", "[config]") {
     CHECK(has(e.what(), "bad.yaml:2:"));
     CHECK(has(e.what(), "did you mean 'model.n_layers'"));
   }
+}
+
+TEST_CASE("layers: more files merged on top, later ones winning", "[config]") {
+  TempDir d;
+  d.write("models/small.yaml", "model:\n  d_model: 128\n  n_layers: 2\n  n_heads: 2\n");
+  std::string task = d.write("task.yaml", "include: models/small.yaml\ntrain:\n  steps: 10\nmodel:\n  max_seq_len: 99\n");
+  std::string big = d.write("models/big.yaml", "model:\n  d_model: 512\n  n_heads: 8\n");
+  std::string steps = d.write("steps.yaml", "train:\n  steps: 20\n");
+  Source src{task, {"train.batch_size=3"}, ""};
+  src.layers = {big, steps};
+  RunConfig c = subq::config::load<RunConfig>(src);
+  CHECK(c.model.d_model == 512);     // the layer wins over the task file's include
+  CHECK(c.model.n_heads == 8);
+  CHECK(c.model.n_layers == 2);      // kept: the layer does not set it
+  CHECK(c.model.max_seq_len == 99);  // kept from the first file
+  CHECK(c.train.steps == 20);        // the last layer wins
+  CHECK(c.train.batch_size == 3);    // overrides come last
+  // run.name joins the files' names; an explicit one stays
+  RunConfig r = subq::load_run_config(std::vector<std::string>{task, big}, {});
+  CHECK(r.run.name == "task-big");
+  CHECK(subq::load_run_config(std::vector<std::string>{task}, {}).run.name == "task");
+  CHECK(subq::load_run_config(std::vector<std::string>{task, big}, {"run.name=x"}).run.name == "x");
+  // errors in a layer point into the layer
+  std::string bad = d.write("bad_layer.yaml", "model:\n  d_modle: 3\n");
+  src.layers = {bad};
+  try {
+    subq::config::load<RunConfig>(src);
+    FAIL("expected an error");
+  } catch (const ConfigError& e) {
+    CHECK(has(e.what(), "bad_layer.yaml:2:"));
+  }
+  src.layers = {(d.path / "nope.yaml").string()};
+  CHECK_THROWS_AS(subq::config::load<RunConfig>(src), ConfigError);
 }
 
 TEST_CASE("missing files and include cycles", "[config]") {

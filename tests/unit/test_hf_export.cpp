@@ -188,18 +188,18 @@ TEST_CASE("HF export refusals and folder safety", "[hf_export]") {
 
   // An architecture without an exporter.
   auto other = cfg;
-  other.arch = "mamba2";
+  other.arch = "no_such_arch";
   Unexported u(other);
   try {
     models::export_hf(u, nullptr, o);
     FAIL("no error");
   } catch (const InputError& e) {
     std::string w = e.what();
-    CHECK(w.find("mamba2") != std::string::npos);
+    CHECK(w.find("no_such_arch") != std::string::npos);
     CHECK(w.find("transformer") != std::string::npos);  // lists what exists
   }
   CHECK(models::find_hf_exporter("transformer") != nullptr);
-  CHECK(models::find_hf_exporter("mamba2") == nullptr);
+  CHECK(models::find_hf_exporter("no_such_arch") == nullptr);
 
   // No tokenizer: no tokenizer files, null ids. bf16 weights.
   o.dtype = torch::kBFloat16;

@@ -2,8 +2,9 @@
 //
 // Pipeline: read the file, resolve `include:` (a path or list of paths, relative to the including file,
 // merged depth-first so the including file wins; maps merge key by key, lists and scalars replace),
-// apply `--set key.path=value` overrides in order (values parsed as YAML: 512, 3e-4, [1,2], true),
-// then parse into the struct. Every problem is a ConfigError naming the key path, the value, where it
+// merge the further files of `layers` on top in order (each with its own includes; later files win:
+// `subq train --config task.yaml --config models/gdn.yaml`), apply `--set key.path=value` overrides in
+// order (values parsed as YAML: 512, 3e-4, [1,2], true), then parse into the struct. Every problem is a ConfigError naming the key path, the value, where it
 // came from (file:line:col or --set) and the fix: unknown keys (with the nearest valid key), wrong
 // types, out-of-range values, bad choices, missing files, include cycles, YAML syntax errors.
 #pragma once
@@ -19,6 +20,7 @@ struct Source {
   std::string path;                    // YAML file ("" for none: defaults only)
   std::vector<std::string> overrides;  // "key.path=value"
   std::string text;                    // when non-empty, YAML text used instead of reading `path`
+  std::vector<std::string> layers = {};  // further YAML files merged on top of `path`, in order
 };
 
 // Parses `src` into *out (which must be of the type `info` describes). Throws ConfigError.

@@ -7,6 +7,7 @@
 
 #include "subq/core/config.h"
 #include "subq/data/data_config.h"
+#include "subq/dist/dist_config.h"
 #include "subq/models/model_config.h"
 #include "subq/train/train_config.h"
 
@@ -55,6 +56,7 @@ struct RunConfig {
   train::ScheduleConfig schedule;
   train::TrainConfig train;
   train::EvalConfig eval;
+  dist::DistConfig dist;
 
   static void describe(config::Section<RunConfig>& s) {
     s.field("run", &RunConfig::run, "where the run lives and how it runs");
@@ -64,10 +66,23 @@ struct RunConfig {
     s.field("schedule", &RunConfig::schedule, "learning-rate schedule");
     s.field("train", &RunConfig::train, "training loop");
     s.field("eval", &RunConfig::eval, "held-out evaluation during training");
+    s.field("dist", &RunConfig::dist, "data-parallel training over several processes (ignored by a single process)");
+    s.check("model.max_seq_len", [](const RunConfig& c) {
+      if (c.data.task != "synthetic") return std::string();
+      const int64_t need = c.data.synthetic.longest_len();
+      if (need <= c.model.max_seq_len) return std::string();
+      return std::to_string(c.model.max_seq_len) + " is shorter than the longest synthetic " +
+             "sequence (" + std::to_string(need) + " tokens, the largest of data.synthetic.train_len, eval_lens and " +
+             "train_eval_lens); raise model.max_seq_len to at least " + std::to_string(need) +
+             " or drop the longer data.synthetic.eval_lens";
+    });
   }
 };
 
 // Loads a run config (file + overrides); fills run.name from the file name when empty.
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides);
+// Several files merged in order, later ones winning (config::Source::layers), then the overrides; an
+// empty run.name becomes the files' names joined by '-' (parity.yaml + models/gdn.yaml -> parity-gdn).
+RunConfig load_run_config(const std::vector<std::string>& paths, const std::vector<std::string>& overrides);
 
 }  // namespace subq

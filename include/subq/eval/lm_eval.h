@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <string>
 
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
@@ -36,7 +37,12 @@ struct LmEvalResult {
   int64_t batches = 0;
   double nats = 0;                 // sum of nats over all targets
   double text_nats = 0;            // sum of nats over byte-bearing targets (bpb numerator)
-  // {"eval_loss", "eval_ppl", "eval_bpb" (null without bytes), "eval_tokens", "eval_bytes", "eval_batches"}
+  // Task-specific metrics of other evaluators (e.g. the synthetic tasks' accuracies per length, see
+  // synthetic_eval.h): a JSON object whose keys to_json() adds, and a short line of them for the log.
+  nlohmann::json extra;
+  std::string summary;
+  // {"eval_loss", "eval_ppl", "eval_bpb" (null without bytes), "eval_tokens", "eval_bytes", "eval_batches"},
+  // plus the keys of `extra`
   nlohmann::json to_json() const;
 };
 

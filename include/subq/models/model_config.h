@@ -8,9 +8,11 @@
 // Which shared keys each architecture reads:
 //   transformer: all of them.
 //   xlstm:  d_model, n_layers (blocks), n_heads (mLSTM and sLSTM heads), d_ff/ffn_multiple_of (SwiGLU of
-//           every block), norm_eps, tie_embeddings, init_std, logit_softcap (30 in the xLSTM configs).
-//   mamba2: d_model, n_layers (mixer blocks; Mamba-2 has no MLP), norm_eps, tie_embeddings, init_std;
-//           its heads are derived: expand * d_model / mamba2.head_dim (n_heads is ignored).
+//           every block), norm_eps, tie_embeddings, init_std (only with xlstm.small_init = false),
+//           logit_softcap (30 in the xLSTM configs).
+//   mamba2: d_model, n_layers (mixer blocks; Mamba-2 has no MLP), norm_eps, tie_embeddings, init_std,
+//           logit_softcap (off by default; not exportable); its heads are derived: expand * d_model /
+//           mamba2.head_dim (n_heads is ignored).
 //   gdn:    d_model, n_layers, n_heads (with gdn.head_dim: key width n_heads * head_dim), d_ff (SwiGLU),
 //           norm_eps, tie_embeddings, init_std.
 #pragma once
@@ -33,6 +35,7 @@ struct XlstmConfig {
   double igate_bias_init = -10.0;  // mLSTM input-gate bias init
   int64_t chunk_size = 64;         // mLSTM chunkwise form
   int64_t slstm_conv_kernel = 4;   // causal conv (+SiLU) feeding the sLSTM i, f gates; 0 = none
+  bool small_init = true;          // input-side weights ~ N(0, sqrt(2 / (5 d_model))) as NX-AI; false = init_std
 
   // (a, b) from pattern; throws nothing (check() validates the string).
   std::pair<int64_t, int64_t> ratio() const {
@@ -57,6 +60,9 @@ struct XlstmConfig {
     s.field("chunk_size", &XlstmConfig::chunk_size, "chunk length of the chunkwise mLSTM").min(1);
     s.field("slstm_conv_kernel", &XlstmConfig::slstm_conv_kernel,
             "taps of the causal conv (+SiLU) before the sLSTM input/forget gates; 0 = no conv").min(0);
+    s.field("small_init", &XlstmConfig::small_init,
+            "embeddings, lm_head and the input-side projections (q, k, v, SwiGLU up, sLSTM gates) drawn from "
+            "N(0, sqrt(2 / (5 d_model))) (\"small init\", as NX-AI's xLSTM); false = N(0, model.init_std)");
     s.check("pattern", [](const XlstmConfig& x) {
       const auto& p = x.pattern;
       auto c = p.find(':');
@@ -82,6 +88,7 @@ struct Mamba2Config {
   int64_t chunk_size = 256;
   double dt_min = 1e-3, dt_max = 0.1, dt_init_floor = 1e-4;
   double a_init_min = 1.0, a_init_max = 16.0;
+  bool recompute = false;  // activation checkpointing per block (training memory vs ~1/3 more compute)
 
   static void describe(config::Section<Mamba2Config>& s) {
     s.field("d_state", &Mamba2Config::d_state, "SSM state size N per head").min(1);
@@ -95,6 +102,9 @@ struct Mamba2Config {
     s.field("dt_init_floor", &Mamba2Config::dt_init_floor, "floor of the initial dt").min(0, false);
     s.field("a_init_min", &Mamba2Config::a_init_min, "A_log = log(U(a_init_min, a_init_max))").min(0, false);
     s.field("a_init_max", &Mamba2Config::a_init_max, "see a_init_min").min(0, false);
+    s.field("recompute", &Mamba2Config::recompute,
+            "activation checkpointing: keep only each block's input for backward and recompute the block "
+            "there (the chunkwise SSD's per-chunk blocks dominate training memory; costs one more forward)");
     s.check("dt_max", [](const Mamba2Config& m) {
       return m.dt_min <= m.dt_max ? std::string() : std::string("dt_max must be >= dt_min");
     });

@@ -11,6 +11,11 @@
 //
 // The result is one JSON object with the commit, date, command, machine (GPU or CPU name, threads,
 // LibTorch/CUDA versions) and the resolved config, for bench/results/.
+//
+// Data parallel (`subq launch --nproc N -- bench train ...`): every rank runs the loop on its own
+// synthetic batches; tokens/s is the whole job's (all ranks), MFU per GPU, memory the worst rank's;
+// "setup.world" says how many ranks. Rank 0 returns the result, the other ranks null.
+// scripts/dist_scaling.sh turns runs at 1, 2, 4 GPUs into a scaling efficiency.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +25,10 @@
 #include <nlohmann/json.hpp>
 
 #include "subq/core/run_config.h"
+
+namespace subq::dist {
+class Context;
+}
 
 namespace subq::train {
 
@@ -31,6 +40,6 @@ struct BenchTrainOptions {
 };
 
 // Runs the benchmark for `cfg` (model.vocab_size must be resolved, > 0). Returns the result JSON.
-nlohmann::json bench_train(const RunConfig& cfg, const BenchTrainOptions& opts);
+nlohmann::json bench_train(const RunConfig& cfg, const BenchTrainOptions& opts, dist::Context* dist = nullptr);
 
 }  // namespace subq::train

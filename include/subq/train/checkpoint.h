@@ -27,6 +27,7 @@
 #include <torch/nn/module.h>
 
 #include "subq/core/run_config.h"
+#include "subq/core/safetensors.h"
 #include "subq/models/model.h"
 
 namespace subq::train {
@@ -52,9 +53,11 @@ void load_model_weights(torch::nn::Module& model, const std::string& checkpoint_
 // Writes step-<step> of run_dir: model weights, optimizer state (when given), trainer_state.json, then
 // COMPLETE; in a temporary directory renamed into place (an existing step-<step> is replaced only once
 // the new one is complete). Then deletes the oldest complete checkpoints beyond keep_last (>= 1).
-// Returns the checkpoint directory.
+// Returns the checkpoint directory. `optimizer_state`, when given, is written instead of the optimizer's own
+// state_tensors() (with its metadata): the full state a data-parallel run gathered from its ZeRO-1 shards.
 std::string save_checkpoint(const std::string& run_dir, int64_t step, const torch::nn::Module& model,
-                            const AdamW* optimizer, const nlohmann::json& trainer_state, int64_t keep_last);
+                            const AdamW* optimizer, const nlohmann::json& trainer_state, int64_t keep_last,
+                            const TensorMap* optimizer_state = nullptr);
 
 // Removes what an interrupted save left behind in run_dir/checkpoints: step-<N>.tmp-* directories and
 // step-<N> directories without COMPLETE. A step-<N>.old-* (a replaced checkpoint whose replacement did

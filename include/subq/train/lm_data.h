@@ -30,6 +30,9 @@ std::optional<data::Tokenizer> load_run_tokenizer(const RunConfig& cfg);
 
 // Sets cfg.model.vocab_size from the tokenizer when it is 0 (ConfigError when there is no tokenizer to
 // take it from); checks an explicit one against the tokenizer. Returns the tokenizer (if any).
+// With data.task = synthetic no tokenizer is read: vocab_size 0 becomes the task's vocabulary size
+// (exactly, no rounding: the vocabularies have 4 to 121 ids), an explicit one must cover it, the task
+// settings are validated (ConfigError) and data.seq_len is set to data.synthetic.train_len; returns nullopt.
 std::optional<data::Tokenizer> resolve_vocab_size(RunConfig& cfg);
 
 struct LmData {
@@ -45,6 +48,9 @@ struct LmData {
 // Opens what a run needs (cfg.model.vocab_size must be resolved): the train loader (seeded by run.seed,
 // batches of train.batch_size on `device`) when with_train, the held-out windows (eval.batch_size,
 // eval.batches) when with_val and data.val is not "". Checks the shards' vocabulary against the model.
-LmData open_lm_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_val);
+// Data parallel: rank r of `world` takes the train loader's windows r, r+world, ... and the held-out
+// batches r, r+world, ... (see data/loader.h); the trainer sums the ranks' evaluations.
+LmData open_lm_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_val,
+                    int64_t rank = 0, int64_t world = 1);
 
 }  // namespace subq::train

@@ -33,6 +33,12 @@ class AdamW {
  public:
   // params: (name, parameter) pairs, e.g. module.named_parameters(); all on one device, floating point.
   AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, const OptimConfig& cfg);
+  // With the decay group of each parameter given (decay[i] for params[i]): for tensors that are slices of
+  // parameters (ZeRO-1 shards), whose own shape and name do not tell.
+  AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, const OptimConfig& cfg,
+        const std::vector<bool>& decay);
+  // The rule above: does parameter `name` of shape p.sizes() get weight decay under `cfg`?
+  static bool default_decay(const std::string& name, const torch::Tensor& p, const OptimConfig& cfg);
 
   // One update with learning rate `lr` for every parameter that has a gradient (others are untouched and
   // their step count does not advance).
@@ -51,6 +57,10 @@ class AdamW {
   void load_state_tensors(const TensorMap& state, const std::string& what = "optimizer state");
   void save(const std::string& path) const;
   void load(const std::string& path);
+  // Writes `state` (tensors named as state_tensors() names them, e.g. gathered from ZeRO-1 shards) with this
+  // optimizer's metadata; reads and checks a state file without loading it (InputError on a foreign file).
+  void save(const std::string& path, const TensorMap& state) const;
+  static TensorMap read_state(const std::string& path);
 
  private:
   struct Slot {
@@ -59,7 +69,7 @@ class AdamW {
     int64_t step = 0;
     bool decay = true;
   };
-  bool name_decays(const std::string& name) const;
+  void init(const std::vector<std::pair<std::string, torch::Tensor>>& params, const std::vector<bool>* decay);
   void step_group(std::vector<Slot*>& slots, double lr, double wd);
   OptimConfig cfg_;
   bool fused_ = false;

@@ -15,6 +15,13 @@
 // held-out batches each time (eval::source_evaluator does for an endless source; a pass over a finite
 // held-out set does by construction).
 //
+// Data parallel: pass a distributed dist::Context (world > 1; see dist/context.h). Each rank then feeds
+// its own batches (train.batch_size per micro-batch per rank: the global batch per optimizer step is
+// batch_size x grad_accum x world), gradients are averaged over ranks (dist/data_parallel.h), the loss
+// and metrics are reduced over ranks, evaluations are summed over the ranks' shares of the held-out set,
+// and only rank 0 writes to the run directory (metrics, checkpoints; it decides and loads the resume for
+// everybody). Without a context, or with a single-process one, nothing changes.
+//
 // Example:
 //   subq::train::TrainData data{&train_loader, subq::eval::source_evaluator(val_source, 20, token_bytes)};
 //   auto result = subq::train::train(cfg, run_dir, data);
@@ -34,6 +41,10 @@
 #include "subq/data/batch.h"
 #include "subq/eval/lm_eval.h"
 
+namespace subq::dist {
+class Context;
+}
+
 namespace subq::train {
 
 struct TrainData {
@@ -51,7 +62,7 @@ struct TrainHooks {
 struct TrainResult {
   int64_t start_step = 0;  // 0 for a fresh run, else the checkpoint step resumed from
   int64_t step = 0;        // last completed step
-  int64_t tokens = 0;      // tokens trained on, resumed history included
+  int64_t tokens = 0;      // tokens trained on (by all ranks), resumed history included
   bool finished = false;   // reached train.steps (false when stopped early)
   std::vector<double> losses;  // loss of every step run by this call (NaN for a skipped step)
   std::optional<eval::LmEvalResult> last_eval;
@@ -60,7 +71,8 @@ struct TrainResult {
   int64_t num_params = 0;
 };
 
-TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& data, const TrainHooks& hooks = {});
+TrainResult train(const RunConfig& cfg, const RunDir& run_dir, const TrainData& data, const TrainHooks& hooks = {},
+                  dist::Context* dist = nullptr);
 
 // Asks a running train() to checkpoint and return at the end of the current step (async-signal-safe:
 // apps call it from SIGINT/SIGTERM handlers). train() clears the request when it starts.

@@ -109,9 +109,13 @@ void fill_dt(const Tensor& dt, const float*& ptr, int64_t& s0, int64_t& s1, int6
 
 class SsdCudaFunction : public torch::autograd::Function<SsdCudaFunction> {
  public:
+  // D, init and reset arrive as 0-element placeholders when not given (see absent_as_empty below).
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& dt, const Tensor& A,
-                               const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& init,
-                               const Tensor& reset) {
+                               const Tensor& B, const Tensor& C, const Tensor& D_in, const Tensor& init_in,
+                               const Tensor& reset_in) {
+    const Tensor D = D_in.numel() ? D_in : Tensor();
+    const Tensor init = init_in.numel() ? init_in : Tensor();
+    const Tensor reset = reset_in.numel() ? reset_in : Tensor();
     c10::DeviceGuard guard(x.device());
     Prepared p = prepare(x, dt, A, B, C, D, init, reset);
     const auto kd = kernel_dtype(p.x.scalar_type());
@@ -263,7 +267,15 @@ SsdResult ssd_cuda(const torch::Tensor& x, const torch::Tensor& dt, const torch:
   const std::string why = ssd_cuda_unsupported(x, B);
   if (!why.empty())
     throw InputError(str("ssd_cuda: ", why, "; use subq::ops::ssd(), which falls back to the chunkwise reference"));
-  variable_list out = SsdCudaFunction::apply(x, dt, A, B, C, D, initial_state, reset);
+  // LibTorch's custom autograd Function records a VariableInfo (layout, device, ...) of every tensor
+  // argument, which throws "tensor does not have a device" for an undefined tensor: optional arguments
+  // travel as 0-element placeholders on x's device instead (the real ones are never empty).
+  auto absent_as_empty = [&](const torch::Tensor& t, torch::ScalarType dtype) {
+    return t.defined() ? t : torch::empty({0}, x.options().dtype(dtype));
+  };
+  variable_list out = SsdCudaFunction::apply(x, dt, A, B, C, absent_as_empty(D, torch::kFloat32),
+                                             absent_as_empty(initial_state, torch::kFloat32),
+                                             absent_as_empty(reset, torch::kBool));
   return {out[0], out[1]};
 }
 
