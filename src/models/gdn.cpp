@@ -27,16 +27,26 @@
 //    step runs gated_delta_step and short_conv_step. The state is O(1) in the sequence length; max_len
 //    only bounds the number of tokens a decode state accepts (the LanguageModel contract).
 //  * logit_softcap is refused: fla's GatedDeltaNet has none and gdn models are meant to be exportable.
+//  * Training memory. The gated output norm is one autograd Function (GatedRmsNormFunction) that keeps
+//    only o and the gate in their own dtype (bf16 under autocast) plus one fp32 scale per head and token,
+//    and recomputes the rest in backward; written with plain ops it would keep five fp32 copies of the
+//    [B, T, H*dv] activation (the widest in the block: ~2 GB per layer at 8 x 4096 tokens in gdn-340m).
+//    model.gdn.recompute runs each block inside a Function (GdnBlockRecompute) that keeps only the
+//    block's input and re-runs the block, under the forward's autocast state, in backward — the chunkwise
+//    op keeps every chunk's carried state [B, H, dv, dk] for its backward, which otherwise dominates.
 #include "subq/models/gdn.h"
 
 #include <cmath>
 #include <limits>
+#include <optional>
 
+#include <ATen/autocast_mode.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/linear.h>
 #include <torch/nn/init.h>
 #include <torch/torch.h>
 
+#include "subq/core/device.h"
 #include "subq/core/error.h"
 #include "subq/ops/gated_delta.h"
 #include "subq/ops/short_conv.h"
@@ -73,11 +83,54 @@ GdnGatedNormImpl::GdnGatedNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
 
+namespace {
+torch::ScalarType norm_compute_type(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+// y = o * rstd * w * silu(gate), rstd = (mean(o^2) + eps)^-1/2 over the last dim; fp32 math (fp64 for fp64
+// inputs), y in o's dtype. Saves o, gate, w and rstd; backward recomputes n = o * rstd and silu(gate).
+struct GatedRmsNormFunction : torch::autograd::Function<GatedRmsNormFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& o,
+                               const torch::Tensor& gate, const torch::Tensor& weight, double eps) {
+    const auto ct = norm_compute_type(o);
+    auto of = o.to(ct);
+    auto rstd = torch::rsqrt(of.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    auto y = of * rstd * weight.to(ct) * F::silu(gate.to(ct));
+    ctx->save_for_backward({o, gate, weight, rstd});
+    return y.to(o.scalar_type());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &o = saved[0], &gate = saved[1], &weight = saved[2], &rstd = saved[3];
+    const auto ct = norm_compute_type(o);
+    auto dy = grad_out[0].to(ct);
+    auto n = o.to(ct) * rstd;  // the normalised o
+    auto gf = gate.to(ct);
+    auto sig = torch::sigmoid(gf);
+    auto act = gf * sig;  // silu(gate)
+    auto w = weight.to(ct);
+    auto dn = dy * act * w;
+    auto dgate = dy * n * w * sig * (1.0 + gf * (1.0 - sig));  // silu'(g) = sig (1 + g (1 - sig))
+    auto dw = (dy * n * act).reshape({-1, n.size(-1)}).sum(0);
+    auto dx = rstd * (dn - n * (dn * n).mean(-1, /*keepdim=*/true));
+    return {dx.to(o.scalar_type()), dgate.to(gate.scalar_type()), dw.to(weight.scalar_type()), torch::Tensor()};
+  }
+};
+}  // namespace
+
 torch::Tensor GdnGatedNormImpl::forward(const torch::Tensor& o, const torch::Tensor& gate) {
-  auto of = o.to(torch::kFloat32);
-  auto y = of * torch::rsqrt(of.pow(2).mean(-1, /*keepdim=*/true) + eps_) * weight;
-  y = y * F::silu(gate.to(torch::kFloat32));
-  return y.to(o.scalar_type());
+  return GatedRmsNormFunction::apply(o, gate, weight, eps_);
+}
+
+torch::Tensor gdn_gated_rms_norm_reference(const torch::Tensor& o, const torch::Tensor& gate,
+                                           const torch::Tensor& weight, double eps) {
+  const auto ct = norm_compute_type(o);
+  auto of = o.to(ct);
+  auto y = of * torch::rsqrt(of.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight.to(ct);
+  return (y * F::silu(gate.to(ct))).to(o.scalar_type());
 }
 
 // ------------------------------------------------------------------------------------------------ layer
@@ -174,6 +227,76 @@ torch::Tensor GdnBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
   return h + mlp(mlp_norm(h));
 }
 
+// ------------------------------------------------------------------------------------------- recompute
+namespace {
+
+// Sets autocast for one device type to a given state within a scope (restored after). Entering an enabled
+// state nests like AutocastGuard (it is one), so the weight-cast cache is cleared when the outermost
+// region ends.
+class AutocastState {
+ public:
+  AutocastState(const torch::Device& device, bool enabled, torch::ScalarType dtype) : type_(device.type()) {
+    if (enabled) {
+      guard_.emplace(device, dtype);
+    } else {
+      prev_ = at::autocast::is_autocast_enabled(type_);
+      at::autocast::set_autocast_enabled(type_, false);
+    }
+  }
+  ~AutocastState() {
+    if (!guard_) at::autocast::set_autocast_enabled(type_, prev_);
+  }
+  AutocastState(const AutocastState&) = delete;
+  AutocastState& operator=(const AutocastState&) = delete;
+
+ private:
+  c10::DeviceType type_;
+  bool prev_ = false;
+  std::optional<AutocastGuard> guard_;
+};
+
+// Activation checkpointing of one block: forward runs the block without recording (Function::apply turns
+// grad mode off) and keeps only its input; backward re-runs it with grad on, under the autocast state the
+// forward saw, and differentiates it. The block's parameters are inputs only so that autograd routes
+// their gradients here.
+struct GdnBlockRecompute : torch::autograd::Function<GdnBlockRecompute> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, GdnBlockImpl* block,
+                               const std::optional<torch::Tensor>& reset, torch::TensorList params) {
+    (void)params;
+    ctx->save_for_backward({x});
+    ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
+    ctx->saved_data["reset"] = reset ? c10::IValue(*reset) : c10::IValue();
+    const auto dev = x.device().type();
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(dev);
+    ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(at::autocast::get_autocast_dtype(dev));
+    return block->forward(x, reset ? *reset : torch::Tensor());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto* block = reinterpret_cast<GdnBlockImpl*>(ctx->saved_data["block"].toInt());
+    const torch::Tensor x = ctx->get_saved_variables()[0];
+    const c10::IValue& r = ctx->saved_data["reset"];
+    const torch::Tensor reset = r.isTensor() ? r.toTensor() : torch::Tensor();
+    std::vector<torch::Tensor> inputs{x.detach().requires_grad_(true)};
+    for (const auto& p : block->parameters()) inputs.push_back(p);
+    torch::autograd::variable_list grads;
+    {
+      torch::AutoGradMode grad_on(true);
+      AutocastState ac(x.device(), ctx->saved_data["autocast"].toBool(),
+                       static_cast<torch::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()));
+      torch::Tensor y = block->forward(inputs[0], reset);
+      grads = torch::autograd::grad({y}, inputs, {grad_out[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+                                    /*allow_unused=*/true);
+    }
+    torch::autograd::variable_list out{grads[0], torch::Tensor(), torch::Tensor()};  // x, block, reset
+    out.insert(out.end(), grads.begin() + 1, grads.end());                        // one per parameter
+    return out;
+  }
+};
+
+}  // namespace
+
 // ------------------------------------------------------------------------------------------------ model
 namespace {
 void check_config(const ModelConfig& cfg) {
@@ -221,8 +344,17 @@ GatedDeltaNet::GatedDeltaNet(const ModelConfig& cfg) : LanguageModel(cfg) {
 
 torch::Tensor GatedDeltaNet::run(const torch::Tensor& tokens, const torch::Tensor& reset, GdnDecodeState* cache) {
   auto h = embeddings(tokens);
-  for (size_t i = 0; i < blocks_.size(); ++i)
-    h = blocks_[i]->forward(h, reset, cache ? &cache->layers[i] : nullptr);
+  const bool recompute = cfg_.gdn.recompute && cache == nullptr && torch::GradMode::is_enabled();
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (recompute) {
+      const std::vector<torch::Tensor> params = blocks_[i]->parameters();
+      h = GdnBlockRecompute::apply(h, blocks_[i].get(),
+                                   reset.defined() ? std::optional<torch::Tensor>(reset) : std::nullopt,
+                                   torch::TensorList(params));
+    } else {
+      h = blocks_[i]->forward(h, reset, cache ? &cache->layers[i] : nullptr);
+    }
+  }
   h = norm(h);
   return lm_head ? lm_head(h) : F::linear(h, embeddings->weight);
 }

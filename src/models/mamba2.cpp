@@ -18,7 +18,7 @@
 //    return the activation dtype; Delta = softplus(dt + dt_bias) is formed in fp32.
 //  * No dt clamp: time_step_limit is the reference default (0, inf), under which clamping is the identity.
 //  * The in_proj output is split with views (narrow); x, B, C go to the op head-first through permuted
-//    views, so the op's own fp32 conversion/padding is the only copy of them; y comes back head-first and is
+//    views, so the op's own conversion/padding is the only copy of them (none with the kernels); y comes back head-first and is
 //    transposed once (one copy) into [B, T, d_inner] for the gated norm and out_proj. Nothing larger than the
 //    op's own intermediates is materialised.
 //  * conv1d.weight is stored as torch's / HF's [C, 1, K] so the export is a rename; the op reads the [C, K]
@@ -33,9 +33,14 @@
 //    Function, so their gradients reach the leaves through the outer graph (accumulation hooks and
 //    data-parallel gradient sync see them as usual). Used only when a graph is being recorded and no
 //    decode state is carried.
+//  * The SSD goes through the dispatching entries ops::ssd / ops::ssd_decode (subq/ops/ssd.h): the CUDA
+//    kernels when SUBQ_OPS_IMPL allows and they support the call (CUDA, bf16/fp16, head_dim a multiple of 64,
+//    d_state 64 or 128; chunk 64 inside the kernel, mathematically the same result), otherwise the
+//    chunkwise reference with model.mamba2.chunk_size and ssd_step. The head-first views above have a
+//    contiguous last dimension, which the kernels read in place.
 //  * Decoding: a t > 1 step (prompt prefill or a chunk after it) runs the chunkwise op from the carried SSD
-//    state and conv cache and keeps their final values; t == 1 runs short_conv_step + ssd_step. The state
-//    is fp32 whatever the autocast dtype (the ops' state dtype).
+//    state and conv cache and keeps their final values; t == 1 runs short_conv_step + the SSD step. The
+//    state is fp32 whatever the autocast dtype (the ops' state dtype).
 #include "subq/models/mamba2.h"
 
 #include <cmath>
@@ -211,12 +216,12 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& x, const torch::Tens
 
   torch::Tensor y;  // [B, T, H, P]
   if (single) {
-    auto r = ops::ssd_step(xs.select(1, 0), delta.select(1, 0), A, Bm.select(1, 0), Cm.select(1, 0), D, state->ssm);
+    auto r = ops::ssd_decode(xs.select(1, 0), delta.select(1, 0), A, Bm.select(1, 0), Cm.select(1, 0), D, state->ssm);
     state->ssm = r.final_state;
     y = r.y.unsqueeze(1);
   } else {
-    auto r = ops::ssd_chunkwise(xs.permute({0, 2, 1, 3}), delta.transpose(1, 2), A, Bm.transpose(1, 2),
-                                Cm.transpose(1, 2), D, state ? state->ssm : torch::Tensor(), reset, chunk_size_);
+    auto r = ops::ssd(xs.permute({0, 2, 1, 3}), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
+                      state ? state->ssm : torch::Tensor(), reset, chunk_size_);
     if (state) state->ssm = r.final_state;
     y = r.y.transpose(1, 2);
   }

@@ -1,5 +1,9 @@
-// run_data.cpp — see run_data.h. Single process for now: rank 0 of world 1 (data parallel passes its
-// rank and world to the sources when it lands; the synthetic source already takes them).
+// run_data.cpp — see run_data.h.
+//
+// Data parallel, synthetic: every rank gets the same seed and its rank/world, and takes the global examples
+// r, r + w, ... of one stream (data/synthetic.h). Not a seed per rank: the trainer restores every rank
+// from rank 0's saved cursor, and a cursor carries its seed, so per-rank seeds would all collapse into rank
+// 0's stream after a resume (every rank training on the same examples).
 #include "subq/train/run_data.h"
 
 #include "subq/core/error.h"
@@ -17,7 +21,9 @@ RunData open_run_data(const RunConfig& cfg, const torch::Device& device, bool wi
       data::SyntheticSourceOptions o;
       o.cfg = sc;
       o.batch_size = cfg.train.batch_size;
-      o.seed = static_cast<uint64_t>(cfg.run.seed) + 1000003ULL * static_cast<uint64_t>(rank);
+      o.seed = static_cast<uint64_t>(cfg.run.seed);
+      o.rank = rank;
+      o.world = world;
       o.device = device;
       d.synthetic = std::make_unique<data::SyntheticSource>(o);
       d.train = d.synthetic.get();

@@ -87,7 +87,7 @@ TEST_CASE("mamba2: prepare, train, eval, generate, export", "[cli][mamba2]") {
   CHECK(cfg["model_type"] == "mamba2");
   CHECK(cfg["num_heads"] == 4);
   CHECK(cfg["state_size"] == 8);
-  CHECK(cfg["vocab_size"] == 320);  // the 300-id tokenizer, rounded up to a multiple of 64 by subq train
+  CHECK(cfg["vocab_size"] == 320);  // the tokenizer's 300 ids rounded up to a multiple of 64 by subq train
   CHECK(fs::exists(out / "model.safetensors"));
   CHECK(fs::exists(out / "tokenizer.json"));
   fs::remove_all(root);

@@ -823,3 +823,33 @@ TEST_CASE("training on a synthetic task logs accuracy and resumes exactly", "[sy
   REQUIRE(rb2.last_eval);
   CHECK(rb2.last_eval->to_json()["eval_tok_acc_32"] == ra.last_eval->to_json()["eval_tok_acc_32"]);
 }
+
+TEST_CASE("data parallel: ranks take disjoint shares of one stream and resume from rank 0's cursor",
+          "[synthetic][dist]") {
+  auto cfg = tiny_synthetic_run("dp");
+  auto single = subq::train::open_run_data(cfg, torch::kCPU, true, false, 0, 1);
+  auto r0 = subq::train::open_run_data(cfg, torch::kCPU, true, false, 0, 2);
+  auto r1 = subq::train::open_run_data(cfg, torch::kCPU, true, false, 1, 2);
+  const int64_t B = cfg.train.batch_size;
+  for (int step = 0; step < 2; ++step) {
+    auto b0 = r0.train->next(), b1 = r1.train->next();
+    std::vector<SyntheticExample> w0, w1;
+    for (int64_t k = 0; k < B; ++k) {
+      const uint64_t g = static_cast<uint64_t>(step * 2 * B + 2 * k);
+      w0.push_back(single.synthetic->example(g));
+      w1.push_back(single.synthetic->example(g + 1));
+    }
+    CHECK(torch::equal(b0.inputs, subq::data::make_synthetic_batch(w0, torch::kCPU).inputs));
+    CHECK(torch::equal(b1.inputs, subq::data::make_synthetic_batch(w1, torch::kCPU).inputs));
+  }
+  // the trainer saves rank 0's cursor and restores it on every rank: each continues with its own share
+  const auto st = r0.train->state();
+  auto n0 = subq::train::open_run_data(cfg, torch::kCPU, true, false, 0, 2);
+  auto n1 = subq::train::open_run_data(cfg, torch::kCPU, true, false, 1, 2);
+  n0.train->restore(st);
+  n1.train->restore(st);
+  auto c0 = n0.train->next(), c1 = n1.train->next();
+  CHECK(torch::equal(c0.inputs, r0.train->next().inputs));
+  CHECK(torch::equal(c1.inputs, r1.train->next().inputs));
+  CHECK(!torch::equal(c0.inputs, c1.inputs));
+}

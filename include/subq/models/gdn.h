@@ -22,6 +22,9 @@
 //
 // Packed documents: forward's doc_start is the reset mask of every short conv and every recurrence, so no
 // state crosses a document boundary inside a packed row.
+//
+// model.gdn.recompute: activation checkpointing per block in training (forward with grad mode on and no
+// decode cache): only each block's input is kept for backward, where the block runs again.
 #pragma once
 
 #include <cstdint>
@@ -62,7 +65,8 @@ class GdnShortConvImpl : public torch::nn::Module {
 TORCH_MODULE(GdnShortConv);
 
 // y = RMSNorm(o) * SiLU(gate) over the last dim (fla's FusedRMSNormGated, activation "swish"), computed
-// in fp32 and returned in o's dtype.
+// in fp32 (fp64 for fp64 o) and returned in o's dtype. One autograd node with a hand-written backward
+// that saves only o, gate and the per-row scale (see gdn.cpp, "Training memory").
 class GdnGatedNormImpl : public torch::nn::Module {
  public:
   GdnGatedNormImpl(int64_t dim, double eps);
@@ -73,6 +77,10 @@ class GdnGatedNormImpl : public torch::nn::Module {
   double eps_;
 };
 TORCH_MODULE(GdnGatedNorm);
+
+// The same function written with plain differentiable ops (the reference GdnGatedNorm is tested against).
+torch::Tensor gdn_gated_rms_norm_reference(const torch::Tensor& o, const torch::Tensor& gate,
+                                           const torch::Tensor& weight, double eps);
 
 class GatedDeltaNetLayerImpl : public torch::nn::Module {
  public:

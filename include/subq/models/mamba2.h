@@ -7,7 +7,8 @@
 //   xBC = SiLU(causal depthwise conv_kernel-tap conv (with bias) of xBC)   (subq::ops::short_conv)
 //   x = xBC[:d_inner] as [H, head_dim], B, C = the next two G*N blocks as [G, N]
 //   Delta = softplus(dt + dt_bias), A = -exp(A_log)   (one scalar per head)
-//   y = SSD(x, Delta, A, B, C) + D x                  (subq::ops::ssd_chunkwise / ssd_step)
+//   y = SSD(x, Delta, A, B, C) + D x                  (subq::ops::ssd / ssd_decode: CUDA kernels or the
+//                                                      chunkwise reference / ssd_step, see subq/ops/ssd.h)
 //   y = norm.weight * RMSNorm_groupwise(y * SiLU(z))   (G groups of d_inner / G channels; gate before norm)
 //   out = out_proj(y) (no bias)
 //

@@ -122,6 +122,7 @@ struct GdnConfig {
   bool use_short_conv = true;      // causal conv (+SiLU) on q, k, v
   int64_t conv_kernel = 4;
   int64_t chunk_size = 64;         // chunkwise (WY/UT) form
+  bool recompute = false;          // activation checkpointing per block (training memory vs ~1/3 more compute)
 
   static void describe(config::Section<GdnConfig>& s) {
     s.field("head_dim", &GdnConfig::head_dim, "query/key dim per head (the key width is n_heads * head_dim)").min(1);
@@ -131,6 +132,9 @@ struct GdnConfig {
     s.field("use_short_conv", &GdnConfig::use_short_conv, "causal depthwise conv + SiLU on q, k and v");
     s.field("conv_kernel", &GdnConfig::conv_kernel, "taps of the short convs").min(1);
     s.field("chunk_size", &GdnConfig::chunk_size, "chunk length of the chunkwise gated delta rule").min(1);
+    s.field("recompute", &GdnConfig::recompute,
+            "activation checkpointing: keep only each block's input for backward and recompute the block there "
+            "(the chunkwise op's per-chunk states dominate training memory; ~1/3 more compute)");
   }
 };
 

@@ -35,9 +35,10 @@ struct RunData {
 };
 
 // Data parallel (rank of world): code partitions the shards' windows and held-out batches by rank
-// (lm_data.h); synthetic gives every rank its own training stream (seed run.seed + 1000003 * rank, so a
-// resume on a different number of ranks continues with different, equally distributed examples) and has
-// every rank score the same full evaluation sets (the trainer's sum over ranks keeps every ratio).
+// (lm_data.h); synthetic splits one training stream (seed run.seed) by rank — rank r of w takes global
+// examples r, r + w, ..., so the ranks' examples are disjoint, together they are the single-process
+// stream, and every rank resumes its own share from rank 0's cursor (also on another number of ranks) —
+// and has every rank score the same full evaluation sets (the trainer's sum over ranks keeps every ratio).
 RunData open_run_data(const RunConfig& cfg, const torch::Device& device, bool with_train, bool with_eval,
                       int64_t rank = 0, int64_t world = 1);
 
