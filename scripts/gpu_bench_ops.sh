@@ -7,3 +7,4 @@ SUBQ=${SUBQ:-build-gpu/apps/subq}
 OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
 "$SUBQ" bench ops --op ssd --impl reference cuda --out "$OUT/bench-ops-ssd-h200.json"
+"$SUBQ" bench ops --op mlstm --impl reference cuda --out "$OUT/bench-ops-mlstm-h200.json"
