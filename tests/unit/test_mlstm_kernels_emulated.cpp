@@ -30,6 +30,7 @@
 #if defined(SUBQ_WITH_CUDA)
 #include "emu/cuda_emu.h"
 #define SUBQ_CK_EMULATE 1
+#include "ops/mlstm/mlstm_cuda_bwd.cuh"
 #include "ops/mlstm/mlstm_cuda_fwd.cuh"
 #include "ops/mlstm/mlstm_cuda_scan.cuh"
 #include "ops/mlstm/mlstm_cuda_step.cuh"
@@ -59,7 +60,10 @@ template <typename T>
 void emu_scan_t(const subq::ops::detail::MlstmScanArgs& a) {
   const dim3 grid(static_cast<unsigned>((a.n.dk / 64) * (a.n.dv / 64)), static_cast<unsigned>(a.n.heads),
                   static_cast<unsigned>(a.n.batch));
-  emu::launch(grid, dim3(k::kScanThreads), k::scan_smem_bytes<T>(), [&] { k::mlstm_scan_kernel<T>(a); }, g_opt);
+  if (a.reverse)
+    emu::launch(grid, dim3(k::kScanThreads), k::scan_smem_bytes<T>(), [&] { k::mlstm_scan_kernel<T, true>(a); }, g_opt);
+  else
+    emu::launch(grid, dim3(k::kScanThreads), k::scan_smem_bytes<T>(), [&] { k::mlstm_scan_kernel<T, false>(a); }, g_opt);
 }
 template <typename T, int DK>
 void emu_fwd_t(const subq::ops::detail::MlstmChunkFwdArgs& a) {
@@ -101,7 +105,39 @@ void emu_step(const subq::ops::detail::MlstmStepArgs& a, MlstmKernelDtype d, voi
   else
     emu_step_t<float>(a);
 }
-const subq::ops::detail::MlstmLaunchers kEmulated = {emu_scan, emu_fwd, emu_step};
+template <typename T, int DK, int DV>
+void emu_bwd_t(const subq::ops::detail::MlstmChunkBwdArgs& a) {
+  const dim3 grid(static_cast<unsigned>(a.n.chunks), static_cast<unsigned>(a.n.heads), static_cast<unsigned>(a.n.batch));
+  emu::launch(grid, dim3(k::kBwdThreads), sizeof(k::BwdSmem<T, DK, DV>),
+              [&] { k::mlstm_chunk_bwd_kernel<T, DK, DV>(a); }, g_opt);
+}
+template <int DK>
+void emu_bwd_bf16_dv(const subq::ops::detail::MlstmChunkBwdArgs& a) {
+  if (a.n.dv == 64)
+    emu_bwd_t<__nv_bfloat16, DK, 64>(a);
+  else if (a.n.dv == 128)
+    emu_bwd_t<__nv_bfloat16, DK, 128>(a);
+  else
+    emu_bwd_t<__nv_bfloat16, DK, 256>(a);
+}
+// bf16: every (Dk, Dv); fp16: (64, 64) and (64, 128) only (what the tests use; compile time)
+void emu_bwd(const subq::ops::detail::MlstmChunkBwdArgs& a, MlstmKernelDtype d, void*) {
+  if (d == MlstmKernelDtype::kF16) {
+    REQUIRE(a.n.dk == 64);
+    REQUIRE((a.n.dv == 64 || a.n.dv == 128));
+    if (a.n.dv == 64)
+      emu_bwd_t<__half, 64, 64>(a);
+    else
+      emu_bwd_t<__half, 64, 128>(a);
+  } else if (a.n.dk == 64) {
+    emu_bwd_bf16_dv<64>(a);
+  } else if (a.n.dk == 128) {
+    emu_bwd_bf16_dv<128>(a);
+  } else {
+    emu_bwd_bf16_dv<256>(a);
+  }
+}
+const subq::ops::detail::MlstmLaunchers kEmulated = {emu_scan, emu_fwd, emu_bwd, emu_step};
 
 // ---- kernels against the recurrence ----------------------------------------------------------------------
 struct Problem {
@@ -169,7 +205,7 @@ Tensor reference_m(const Inputs& in) {
 }
 
 struct Out {
-  Tensor h, c, n, m, m_tok, den;
+  Tensor h, c, n, m, m_tok, qn;
 };
 
 template <typename T>
@@ -192,7 +228,7 @@ Out run_emulated(const Problem& c, const Inputs& in, emu::Options opt) {
   o.n = nan_like({c.b, c.h, c.dk}, torch::kFloat32);
   o.m = nan_like({c.b, c.h}, torch::kFloat32);
   o.h = nan_like({c.b, c.h, c.t, c.dv}, dtype);
-  o.den = nan_like({c.b, c.h, c.t}, torch::kFloat32);
+  o.qn = nan_like({c.b, c.h, c.t}, torch::kFloat32);
   o.m_tok = nan_like({c.b, c.h, c.t}, torch::kFloat32);
 
   subq::ops::detail::MlstmScanArgs sa;
@@ -225,7 +261,7 @@ Out run_emulated(const Problem& c, const Inputs& in, emu::Options opt) {
   fa.n_states = sa.n_states;
   fa.m_states = sa.m_states;
   fa.h = o.h.data_ptr();
-  fa.den = o.den.data_ptr<float>();
+  fa.qn = o.qn.data_ptr<float>();
   fa.m = o.m_tok.data_ptr<float>();
   emu_fwd_dk<T>(fa);
   return o;
@@ -256,8 +292,7 @@ void check_problem(const Problem& c, uint64_t seed) {
     cmp("n", o.n, ref.state.n, 5e-3);
     cmp("m", o.m, ref.state.m, 1e-5);
     cmp("m_t", o.m_tok, m_ref, 1e-5);
-    REQUIRE(subq::test::all_finite(o.den));
-    CHECK(o.den.gt(0).all().item<bool>());
+    REQUIRE(subq::test::all_finite(o.qn));
     std::printf("[mlstm-emulated] %s mode %d:%s\n", describe(c).c_str(), mode, line.c_str());
     std::fflush(stdout);
   }
@@ -334,76 +369,117 @@ TEST_CASE("mLSTM decode-step kernel (CPU emulation) matches mlstm_step", "[ops][
   }
 }
 
-// mlstm_cuda()'s autograd function (placeholders for absent optional tensors, argument preparation, the
-// recompute backward and its gradient routing) on CPU tensors with the emulated kernels behind it, against
-// mlstm_chunkwise + autograd on the same values.
-TEST_CASE("mLSTM kernels' autograd glue (CPU tensors, emulated kernels) matches the reference", "[ops][mlstm][kernels]") {
-  g_opt = emu::Options{};
+// mlstm_cuda()'s autograd function on CPU tensors with the emulated kernels behind it, against
+// mlstm_chunkwise + autograd on the same values: placeholders for absent optional tensors, argument
+// preparation, the kernel backward (pre-pass, reverse scan, chunk gradients, dm0) for losses on h, and the
+// recompute backward for losses that also use the final state.
+TEST_CASE("mLSTM kernels' autograd glue and backward kernels (CPU tensors, emulated) match the reference",
+          "[ops][mlstm][kernels]") {
   struct GlueCase {
     Problem p;
     bool use_state_grads;
   };
-  Problem p1;  // nothing optional, strided, h only
-  p1.t = 70;
+  std::vector<GlueCase> cases;
+  Problem p1;  // nothing optional, strided, 3 chunks (ragged)
+  p1.t = 150;
   p1.strided = true;
-  Problem p2;  // everything: initial state, resets, losses on the final state too
+  cases.push_back({p1, false});
+  Problem p2;  // initial state, resets (inside chunks and at boundaries), batch 2, Dv 128
   p2.b = 2;
   p2.h = 1;
-  p2.t = 66;
+  p2.t = 100;
   p2.dv = 128;
   p2.init = p2.reset = true;
-  const std::vector<GlueCase> cases = {{p1, false}, {p2, true}};
+  cases.push_back({p2, false});
+  Problem p3;  // the 340M head dims, initial state
+  p3.h = 1;
+  p3.t = 70;
+  p3.dk = 128;
+  p3.dv = 256;
+  p3.init = p3.reset = true;
+  cases.push_back({p3, false});
+  Problem p4;  // Dk 256 > Dv 64 (the Dv loop's column slices of dC span 256 rows), T = 1 and ragged
+  p4.h = 1;
+  p4.t = 65;
+  p4.dk = 256;
+  p4.init = true;
+  cases.push_back({p4, false});
+  Problem p5;  // fp16, one chunk
+  p5.h = 1;
+  p5.t = 64;
+  p5.dv = 128;
+  p5.fp16 = p5.init = true;
+  cases.push_back({p5, false});
+  Problem p6;  // losses on the final state too: the recompute backward
+  p6.b = 2;
+  p6.h = 1;
+  p6.t = 66;
+  p6.dv = 128;
+  p6.init = p6.reset = true;
+  cases.push_back({p6, true});
   uint64_t seed = 7000;
   for (const auto& gc : cases) {
     const Problem& c = gc.p;
     seed += 100;
-    INFO(describe(c));
+    INFO(describe(c) << (gc.use_state_grads ? " state grads" : ""));
     const Inputs in = make_inputs(c, seed);
     using subq::test::randn;
-    const Tensor Wh = randn({c.b, c.h, c.t, c.dv}, seed + 50).to(torch::kBFloat16).to(torch::kFloat32);
+    const auto dtype = in.q.scalar_type();
+    const Tensor Wh = randn({c.b, c.h, c.t, c.dv}, seed + 50).to(dtype).to(torch::kFloat32);
     const Tensor Wc = randn({c.b, c.h, c.dk, c.dv}, seed + 51).to(torch::kFloat32);
     const Tensor Wn = randn({c.b, c.h, c.dk}, seed + 52).to(torch::kFloat32);
     const Tensor Wm = randn({c.b, c.h}, seed + 53).to(torch::kFloat32);
 
-    std::vector<Tensor> kl = {in.q, in.k, in.v, in.ig, in.fg};
     std::vector<Tensor> rl = {in.q.to(torch::kFloat32), in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg};
     std::vector<std::string> names = {"dq", "dk", "dv", "dig", "dfg"};
     if (c.init) {
-      for (const auto& t : {in.init.c, in.init.n, in.init.m}) {
-        kl.push_back(t);
-        rl.push_back(t);
-      }
+      for (const auto& t : {in.init.c, in.init.n, in.init.m}) rl.push_back(t);
       names.insert(names.end(), {"dc0", "dn0", "dm0"});
     }
-    for (auto& t : kl) t = t.detach().clone(at::MemoryFormat::Preserve).requires_grad_(true);
     for (auto& t : rl) t = t.detach().clone().requires_grad_(true);
-    const subq::ops::MlstmState ks = c.init ? subq::ops::MlstmState{kl[5], kl[6], kl[7]} : subq::ops::MlstmState{};
     const subq::ops::MlstmState rs = c.init ? subq::ops::MlstmState{rl[5], rl[6], rl[7]} : subq::ops::MlstmState{};
-    const auto got = subq::ops::detail::mlstm_kernels_autograd(kEmulated, kl[0], kl[1], kl[2], kl[3], kl[4], ks, in.reset);
     const auto ref = subq::ops::mlstm_chunkwise(rl[0], rl[1], rl[2], rl[3], rl[4], rs, in.reset);
-    REQUIRE(got.h.scalar_type() == in.q.scalar_type());
-    CHECK(subq::test::rel_rms(got.h, ref.h) < 5e-3);
-    CHECK(subq::test::rel_rms(got.state.c, ref.state.c) < 5e-3);
-    CHECK(subq::test::rel_rms(got.state.m, ref.state.m) < 1e-5);
-    Tensor lk = (got.h.to(torch::kFloat32) * Wh).sum(), lr = (ref.h * Wh).sum();
-    if (gc.use_state_grads) {
-      lk = lk + (got.state.c * Wc).sum() + (got.state.n * Wn).sum() + (got.state.m * Wm).sum();
-      lr = lr + (ref.state.c * Wc).sum() + (ref.state.n * Wn).sum() + (ref.state.m * Wm).sum();
-    }
-    const auto gk = torch::autograd::grad({lk}, kl);
+    Tensor lr = (ref.h * Wh).sum();
+    if (gc.use_state_grads) lr = lr + (ref.state.c * Wc).sum() + (ref.state.n * Wn).sum() + (ref.state.m * Wm).sum();
     const auto gr = torch::autograd::grad({lr}, rl);
-    std::string line;
-    for (size_t i = 0; i < gk.size(); ++i) {
-      INFO(names[i]);
-      REQUIRE(gk[i].defined());
-      CHECK(gk[i].scalar_type() == kl[i].scalar_type());
-      const double e = subq::test::rel_rms(gk[i].to(torch::kFloat32), gr[i]);
-      line += subq::str(" ", names[i], " ", e);
-      CHECK(e < 1e-2);
+
+    for (int mode = 0; mode < 2; ++mode) {
+      g_opt.order = mode == 0 ? emu::Order::kAscending : emu::Order::kDescending;
+      g_opt.copies = mode == 0 ? emu::Copies::kAtIssue : emu::Copies::kAtWait;
+      INFO("emulation mode " << mode);
+      std::vector<Tensor> kl = {in.q, in.k, in.v, in.ig, in.fg};
+      if (c.init)
+        for (const auto& t : {in.init.c, in.init.n, in.init.m}) kl.push_back(t);
+      for (auto& t : kl) t = t.detach().clone(at::MemoryFormat::Preserve).requires_grad_(true);
+      const subq::ops::MlstmState ks = c.init ? subq::ops::MlstmState{kl[5], kl[6], kl[7]} : subq::ops::MlstmState{};
+      const auto got =
+          subq::ops::detail::mlstm_kernels_autograd(kEmulated, kl[0], kl[1], kl[2], kl[3], kl[4], ks, in.reset);
+      REQUIRE(got.h.scalar_type() == dtype);
+      std::string line;
+      auto cmp = [&](const std::string& name, const Tensor& g, const Tensor& want, double tol) {
+        REQUIRE(g.defined());
+        const double e = subq::test::rel_rms(g.to(torch::kFloat32), want);
+        line += subq::str(" ", name, " ", e);
+        INFO(name << ": relative RMS error " << e << " (tolerance " << tol << ")");
+        CHECK(e < tol);
+      };
+      cmp("h", got.h, ref.h, 5e-3);
+      cmp("C", got.state.c, ref.state.c, 5e-3);
+      cmp("m", got.state.m, ref.state.m, 1e-5);
+      Tensor lk = (got.h.to(torch::kFloat32) * Wh).sum();
+      if (gc.use_state_grads)
+        lk = lk + (got.state.c * Wc).sum() + (got.state.n * Wn).sum() + (got.state.m * Wm).sum();
+      const auto gk = torch::autograd::grad({lk}, kl);
+      for (size_t i = 0; i < gk.size(); ++i) {
+        CHECK(gk[i].scalar_type() == kl[i].scalar_type());
+        cmp(names[i], gk[i], gr[i], 1e-2);
+      }
+      std::printf("[mlstm-glue-emulated] %s%s mode %d:%s\n", describe(c).c_str(),
+                  gc.use_state_grads ? " state-grads(recompute)" : "", mode, line.c_str());
+      std::fflush(stdout);
     }
-    std::printf("[mlstm-glue-emulated] %s:%s\n", describe(c).c_str(), line.c_str());
-    std::fflush(stdout);
   }
+  g_opt = emu::Options{};
 }
 
 #else

@@ -72,6 +72,17 @@ const P* ptr_or_null(const Tensor& t) {
 
 Tensor f32c(const Tensor& t) { return t.defined() ? t.to(torch::kFloat32).contiguous() : Tensor(); }
 
+detail::MlstmSizes sizes_of(const Tensor& q, const Tensor& v) {
+  detail::MlstmSizes n;
+  n.batch = static_cast<int>(q.size(0));
+  n.heads = static_cast<int>(q.size(1));
+  n.time = static_cast<int>(q.size(2));
+  n.dk = static_cast<int>(q.size(3));
+  n.dv = static_cast<int>(v.size(3));
+  n.chunks = static_cast<int>((q.size(2) + kChunk - 1) / kChunk);
+  return n;
+}
+
 bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts)
     if (t->defined() && t->requires_grad()) return true;
@@ -97,23 +108,17 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     const Tensor c0 = has_init ? f32c(c0_in) : Tensor(), n0 = has_init ? f32c(n0_in) : Tensor(),
                  m0 = has_init ? f32c(m0_in) : Tensor();
 
-    detail::MlstmSizes n;
-    n.batch = static_cast<int>(B);
-    n.heads = static_cast<int>(H);
-    n.time = static_cast<int>(T);
-    n.dk = static_cast<int>(Dk);
-    n.dv = static_cast<int>(Dv);
-    n.chunks = static_cast<int>(nc);
     const Tensor c_states = torch::empty({B, H, nc, Dk, Dv}, q.options());
     const Tensor n_states = torch::empty({B, H, nc, Dk}, f32), m_states = torch::empty({B, H, nc}, f32);
     Tensor c_out = torch::empty({B, H, Dk, Dv}, f32), n_out = torch::empty({B, H, Dk}, f32),
            m_out = torch::empty({B, H}, f32);
     Tensor h = torch::empty({B, H, T, Dv}, q.options());
+    const Tensor qn = torch::empty({B, H, T}, f32), m_tok = torch::empty({B, H, T}, f32);
     void* stream = stream_of(q);
     const auto kd = kernel_dtype(q.scalar_type());
 
     detail::MlstmScanArgs sa;
-    sa.n = n;
+    sa.n = sizes_of(q, v);
     sa.k = rows_of(kr);
     sa.v = rows_of(vr);
     sa.igate = ig.data_ptr<float>();
@@ -131,7 +136,7 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     l.scan(sa, kd, stream);
 
     detail::MlstmChunkFwdArgs fa;
-    fa.n = n;
+    fa.n = sa.n;
     fa.q = rows_of(qr);
     fa.k = sa.k;
     fa.v = sa.v;
@@ -142,18 +147,121 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     fa.n_states = sa.n_states;
     fa.m_states = sa.m_states;
     fa.h = h.data_ptr();
+    fa.qn = qn.data_ptr<float>();
+    fa.m = m_tok.data_ptr<float>();
     l.chunk_fwd(fa, kd, stream);
 
-    ctx->save_for_backward({q, k, v, igate, fgate, c0_in, n0_in, m0_in, reset_in});
+    // Undefined (not zero-filled) gradients for outputs the loss does not use: the kernel backward is taken
+    // only when the final state's gradients are absent (see backward).
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["launchers"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(launchers));
+    ctx->save_for_backward(
+        {q, k, v, igate, fgate, c0_in, n0_in, m0_in, reset_in, h, c_states, n_states, m_states, qn, m_tok});
     return {h, c_out, n_out, m_out};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
+    variable_list out(10);  // launchers, q, k, v, igate, fgate, c0, n0, m0, reset
+    const bool state_grads = grads[1].defined() || grads[2].defined() || grads[3].defined();
+    if (!grads[0].defined() && !state_grads) return out;
+    const auto* launchers = reinterpret_cast<const detail::MlstmLaunchers*>(
+        static_cast<intptr_t>(ctx->saved_data["launchers"].toInt()));
+    if (state_grads || launchers->chunk_bwd == nullptr) return recompute_backward(s, grads);
+    return kernel_backward(*launchers, s, grads[0]);
+  }
+
+  // The kernels' backward (m held constant; exact for losses on h, see docs/perf/mlstm.md): a per-token
+  // pre-pass (inv_den, dqn) in LibTorch ops, the reverse state-gradient scan, the chunk gradients.
+  static variable_list kernel_backward(const detail::MlstmLaunchers& l, const variable_list& s, const Tensor& dh_in) {
+    const Tensor &q = s[0], &k = s[1], &v = s[2], &igate = s[3], &fgate = s[4], &c0_in = s[5], &n0_in = s[6],
+                 &m0_in = s[7], &reset_in = s[8], &h = s[9], &c_states = s[10], &n_states = s[11],
+                 &m_states = s[12], &qn = s[13], &m_tok = s[14];
+    const bool has_init = c0_in.numel() > 0;
+    c10::DeviceGuard guard(q.device());
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
+    const int64_t nc = (T + kChunk - 1) / kChunk;
+    const auto f32 = q.options().dtype(torch::kFloat32);
+    const Tensor qr = rows16(q), kr = rows16(k), vr = rows16(v), dh = rows16(dh_in.to(q.scalar_type()));
+    const Tensor ig = f32c(igate), fg = f32c(fgate);
+    const Tensor rst = reset_in.numel() ? reset_in.to(torch::kInt32).contiguous() : Tensor();
+    // pre-pass: 1 / den_t and the gradient of qn_t (zero where the floor exp(-m_t) is the max)
+    const Tensor floor = torch::exp(-m_tok);
+    const Tensor inv_den = (1.0 / (torch::maximum(qn.abs(), floor) + kMlstmEps)).contiguous();
+    const Tensor dh_dot_h = (dh.to(torch::kFloat32) * h.to(torch::kFloat32)).sum(-1);
+    const Tensor dqn = torch::where(qn.abs() >= floor, -dh_dot_h * inv_den * qn.sign(), torch::zeros_like(qn)).contiguous();
+
+    const Tensor dc_states = torch::empty({B, H, nc, Dk, Dv}, q.options());
+    const Tensor dn_states = torch::empty({B, H, nc, Dk}, f32);
+    const Tensor dc0 = torch::empty({B, H, Dk, Dv}, f32), dn0 = torch::empty({B, H, Dk}, f32);
+    void* stream = stream_of(q);
+    const auto kd = kernel_dtype(q.scalar_type());
+
+    detail::MlstmScanArgs ra;
+    ra.n = sizes_of(q, v);
+    ra.reverse = true;
+    ra.k = rows_of(qr);
+    ra.v = rows_of(dh);
+    ra.inv_den = inv_den.data_ptr<float>();
+    ra.dqn = dqn.data_ptr<float>();
+    ra.igate = ig.data_ptr<float>();
+    ra.fgate = fg.data_ptr<float>();
+    ra.reset = ptr_or_null<int>(rst);
+    ra.m_states = m_states.data_ptr<float>();
+    ra.c_states = dc_states.data_ptr();
+    ra.n_states = dn_states.data_ptr<float>();
+    ra.c_out = dc0.data_ptr<float>();
+    ra.n_out = dn0.data_ptr<float>();
+    l.scan(ra, kd, stream);
+
+    Tensor dq = torch::empty({B, H, T, Dk}, q.options()), dk = torch::empty({B, H, T, Dk}, q.options()),
+           dv = torch::empty({B, H, T, Dv}, q.options());
+    Tensor dig = torch::empty({B, H, T}, f32), dfg = torch::empty({B, H, T}, f32);
+    detail::MlstmChunkBwdArgs ba;
+    ba.n = ra.n;
+    ba.q = rows_of(qr);
+    ba.k = rows_of(kr);
+    ba.v = rows_of(vr);
+    ba.dh = rows_of(dh);
+    ba.igate = ra.igate;
+    ba.fgate = ra.fgate;
+    ba.reset = ra.reset;
+    ba.inv_den = ra.inv_den;
+    ba.dqn = ra.dqn;
+    ba.c_states = c_states.data_ptr();
+    ba.n_states = n_states.data_ptr<float>();
+    ba.m_states = m_states.data_ptr<float>();
+    ba.dc_states = dc_states.data_ptr();
+    ba.dn_states = dn_states.data_ptr<float>();
+    ba.dq = dq.data_ptr();
+    ba.dk = dk.data_ptr();
+    ba.dv = dv.data_ptr();
+    ba.dig = dig.data_ptr<float>();
+    ba.dfg = dfg.data_ptr<float>();
+    l.chunk_bwd(ba, kd, stream);
+
+    variable_list out(10);
+    out[1] = dq;
+    out[2] = dk;
+    out[3] = dv;
+    out[4] = dig.to(igate.scalar_type());
+    out[5] = dfg.to(fgate.scalar_type());
+    if (has_init) {  // m0 scales the initial state: dm0 = <C0, dC0> + <n0, dn0>
+      out[6] = dc0.to(c0_in.scalar_type());
+      out[7] = dn0.to(n0_in.scalar_type());
+      out[8] = ((c0_in.to(torch::kFloat32) * dc0).sum({-1, -2}) + (n0_in.to(torch::kFloat32) * dn0).sum(-1))
+                   .to(m0_in.scalar_type());
+    }
+    return out;
+  }
+
+  // Exact fallback for losses on the final state (whose scaled C, n depend on m at O(1)): recompute the
+  // forward with mlstm_chunkwise under autograd and return its gradients.
+  static variable_list recompute_backward(const variable_list& s, const variable_list& grads) {
     const bool has_init = s[5].numel() > 0;
     const Tensor reset = s[8].numel() ? s[8] : Tensor();
     std::vector<Tensor> leaves;
-    for (int i = 0; i < (has_init ? 8 : 5); ++i) leaves.push_back(s[i].detach().requires_grad_(true));
+    for (int i = 0; i < (has_init ? 8 : 5); ++i) leaves.push_back(s[static_cast<size_t>(i)].detach().requires_grad_(true));
     std::vector<Tensor> outs, gouts;
     {
       torch::AutoGradMode enable(true);
@@ -166,7 +274,7 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
           gouts.push_back(grads[static_cast<size_t>(i)].to(ro[i].scalar_type()));
         }
     }
-    variable_list out(10);  // launchers, q, k, v, igate, fgate, c0, n0, m0, reset
+    variable_list out(10);
     if (outs.empty()) return out;
     const variable_list g = torch::autograd::grad(outs, leaves, gouts, /*retain_graph=*/false,
                                                   /*create_graph=*/false, /*allow_unused=*/true);
@@ -196,7 +304,7 @@ std::string mlstm_cuda_unsupported(const torch::Tensor& q, const torch::Tensor& 
 namespace {
 const detail::MlstmLaunchers& cuda_launchers() {
   static const detail::MlstmLaunchers l = {detail::mlstm_cuda_scan, detail::mlstm_cuda_chunk_fwd,
-                                           detail::mlstm_cuda_step};
+                                           detail::mlstm_cuda_chunk_bwd, detail::mlstm_cuda_step};
   return l;
 }
 }  // namespace

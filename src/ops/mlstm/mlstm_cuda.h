@@ -10,6 +10,7 @@
 //              state in fp32.
 //   chunk_fwd  parallel over (batch, head, chunk): h of every token from the chunk's own tokens and the
 //              state entering the chunk, with the recurrent stabiliser m_t.
+//   scan (reverse) and chunk_bwd: the backward, with m held constant (docs/perf/mlstm.md, "Backward").
 //   step       the fused decode step (one token), SIMT, any float dtype.
 // Chunk = 64 tokens. Head dims Dk, Dv: 64, 128 or 256 (the step kernel: any).
 #pragma once
@@ -31,9 +32,17 @@ struct MlstmSizes {
   int batch = 0, heads = 0, time = 0, dk = 0, dv = 0, chunks = 0;
 };
 
+// Forward (reverse = false): carries (C, n, m) over the chunks first to last.
+// Reverse (reverse = true, the backward): carries the state gradients (dC, dn) from the final-state
+// gradient (c_in, n_in; nullptr = 0) over the chunks last to first, with k = q and v = dh, the per-token
+// inv_den and dqn of the backward's pre-pass, and m_states (the forward's) as input; stores the gradient of
+// the state leaving each chunk in c_states / n_states and the initial-state gradient in c_out / n_out.
 struct MlstmScanArgs {
   MlstmSizes n;
-  MlstmRows k, v;                // [B, H, T, Dk], [B, H, T, Dv]
+  bool reverse = false;
+  MlstmRows k, v;                // [B, H, T, Dk], [B, H, T, Dv] (reverse: q and dh)
+  const float* inv_den = nullptr;  // reverse: [B, H, T] fp32 contiguous, 1 / denominator of h
+  const float* dqn = nullptr;      // reverse: [B, H, T] fp32 contiguous, gradient of qn
   const float* igate = nullptr;  // [B, H, T] fp32 contiguous (pre-activations i~)
   const float* fgate = nullptr;  // [B, H, T] fp32 contiguous (pre-activations f~)
   const int* reset = nullptr;    // [B, T] int32 contiguous (0/1) or nullptr
@@ -42,7 +51,7 @@ struct MlstmScanArgs {
   const float* m_in = nullptr;   // [B, H]
   void* c_states = nullptr;      // out [B, H, chunks, Dk, Dv] operand dtype: C entering chunk c
   float* n_states = nullptr;     // out [B, H, chunks, Dk] fp32: n entering chunk c
-  float* m_states = nullptr;     // out [B, H, chunks] fp32: m entering chunk c
+  float* m_states = nullptr;     // out [B, H, chunks] fp32: m entering chunk c (reverse: input)
   float* c_out = nullptr;        // out [B, H, Dk, Dv] fp32: final state
   float* n_out = nullptr;        // out [B, H, Dk]
   float* m_out = nullptr;        // out [B, H]
@@ -58,8 +67,30 @@ struct MlstmChunkFwdArgs {
   const float* n_states = nullptr;
   const float* m_states = nullptr;
   void* h = nullptr;               // out [B, H, T, Dv] contiguous, operand dtype
-  float* den = nullptr;            // out [B, H, T] fp32 (the denominators of h) or nullptr
+  float* qn = nullptr;             // out [B, H, T] fp32 (q^ . n_t, signed, for the backward) or nullptr
   float* m = nullptr;              // out [B, H, T] fp32 (the stabiliser m_t) or nullptr
+};
+
+// The backward's chunk kernel: gradients of q, k, v and the gates of every chunk from the forward's saved
+// states and the reverse scan's state gradients (see mlstm_cuda_bwd.cu).
+struct MlstmChunkBwdArgs {
+  MlstmSizes n;
+  MlstmRows q, k, v, dh;
+  const float* igate = nullptr;
+  const float* fgate = nullptr;
+  const int* reset = nullptr;
+  const float* inv_den = nullptr;    // [B, H, T] fp32 contiguous: 1 / denominator of h_t
+  const float* dqn = nullptr;        // [B, H, T] fp32 contiguous: gradient of qn_t
+  const void* c_states = nullptr;    // forward scan: state entering chunk c
+  const float* n_states = nullptr;
+  const float* m_states = nullptr;
+  const void* dc_states = nullptr;   // reverse scan: gradient of the state leaving chunk c
+  const float* dn_states = nullptr;
+  void* dq = nullptr;                // out [B, H, T, Dk] contiguous, operand dtype
+  void* dk = nullptr;                // out [B, H, T, Dk]
+  void* dv = nullptr;                // out [B, H, T, Dv]
+  float* dig = nullptr;              // out [B, H, T] fp32
+  float* dfg = nullptr;              // out [B, H, T] fp32
 };
 
 struct MlstmStepArgs {
@@ -87,6 +118,7 @@ std::string mlstm_cuda_device_error(int device);
 // Launchers: enqueue on `stream` (a cudaStream_t) and check the launch; they do not synchronise.
 void mlstm_cuda_scan(const MlstmScanArgs& a, MlstmKernelDtype dtype, void* stream);
 void mlstm_cuda_chunk_fwd(const MlstmChunkFwdArgs& a, MlstmKernelDtype dtype, void* stream);
+void mlstm_cuda_chunk_bwd(const MlstmChunkBwdArgs& a, MlstmKernelDtype dtype, void* stream);
 void mlstm_cuda_step(const MlstmStepArgs& a, MlstmKernelDtype dtype, void* stream);
 
 // The launchers the Torch glue of mlstm_cuda.cpp calls: the CUDA ones above in mlstm_cuda() /
@@ -95,6 +127,7 @@ void mlstm_cuda_step(const MlstmStepArgs& a, MlstmKernelDtype dtype, void* strea
 struct MlstmLaunchers {
   void (*scan)(const MlstmScanArgs&, MlstmKernelDtype, void*);
   void (*chunk_fwd)(const MlstmChunkFwdArgs&, MlstmKernelDtype, void*);
+  void (*chunk_bwd)(const MlstmChunkBwdArgs&, MlstmKernelDtype, void*);
   void (*step)(const MlstmStepArgs&, MlstmKernelDtype, void*);
 };
 

@@ -121,7 +121,7 @@ SUBQ_UNROLL
     const float den = fmaxf(fabsf(qn), expf(-sm.m[t])) + kEps;
     sm.inv_den[t] = 1.f / den;
     if (t < rows) {
-      if (a.den) a.den[bh * T_len + t0 + t] = den;
+      if (a.qn) a.qn[bh * T_len + t0 + t] = qn;
       if (a.m) a.m[bh * T_len + t0 + t] = sm.m[t];
     }
   }

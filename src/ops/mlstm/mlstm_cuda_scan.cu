@@ -15,6 +15,10 @@
 //    it: no extra pass and no synchronisation between blocks; all blocks get bit-identical m.
 //  * n is carried by the blocks of the first Dv tile (one fp32 register per thread < 64), in fp32 from the
 //    unrounded weights; m is stored by the first block of each (batch, head).
+//  * The backward's state-gradient scan is the same kernel (kReverse): chunks last to first, q and dh in
+//    place of k and v, weights a_t / sqrt(Dk) / den_t for dC and a_t / sqrt(Dk) dqn_t for dn (the gradients
+//    of num_t and qn_t flowing into the state entering the chunk), the carried factor exp(g_63 - m_63)
+//    as in the forward, m of the state entering each chunk read from the forward's m_states.
 //  * Same pipeline as the SSD scan: three cp.async stages (k tile, v tile, gates, reset flags), k scaled by
 //    the weights in shared memory, states staged through shared memory for 16-byte stores.
 #include <cuda_runtime.h>
@@ -33,16 +37,24 @@ namespace {
 
 using namespace mlstm_kernels;
 
-template <typename T>
+template <typename T, bool kReverse>
 void launch_scan(const MlstmScanArgs& a, cudaStream_t stream) {
   constexpr size_t smem = scan_smem_bytes<T>();
   static_assert(smem <= 227 * 1024, "scan tile does not fit in shared memory");
-  auto kernel = mlstm_scan_kernel<T>;
+  auto kernel = mlstm_scan_kernel<T, kReverse>;
   SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>((a.n.dk / kTile) * (a.n.dv / kTile)), static_cast<unsigned>(a.n.heads),
                   static_cast<unsigned>(a.n.batch));
   kernel<<<grid, kScanThreads, smem, stream>>>(a);
   SUBQ_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void launch_scan_dir(const MlstmScanArgs& a, cudaStream_t stream) {
+  if (a.reverse)
+    launch_scan<T, true>(a, stream);
+  else
+    launch_scan<T, false>(a, stream);
 }
 
 }  // namespace
@@ -66,7 +78,7 @@ std::string mlstm_cuda_device_error(int device) {
               ") has no bf16 tensor cores; the mLSTM kernels need sm_80 or newer");
   } else if (cudaSetDevice(device) == cudaSuccess) {
     cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, mlstm_scan_kernel<__nv_bfloat16>);
+    const cudaError_t e = cudaFuncGetAttributes(&attr, mlstm_scan_kernel<__nv_bfloat16, false>);
     if (e != cudaSuccess) {
       err = str("no mLSTM kernel image for CUDA device ", device, " (", prop.name, ", sm_", prop.major, prop.minor,
                 "): ", cudaGetErrorString(e), "; rebuild with -DSUBQ_CUDA_ARCHS including ", prop.major, prop.minor,
@@ -88,8 +100,8 @@ void mlstm_cuda_scan(const MlstmScanArgs& a, MlstmKernelDtype dtype, void* strea
   SUBQ_CHECK(a.n.time >= 1 && a.n.chunks == (a.n.time + kChunk - 1) / kChunk, "mlstm scan: bad chunk count");
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case MlstmKernelDtype::kBF16: launch_scan<__nv_bfloat16>(a, s); break;
-    case MlstmKernelDtype::kF16: launch_scan<__half>(a, s); break;
+    case MlstmKernelDtype::kBF16: launch_scan_dir<__nv_bfloat16>(a, s); break;
+    case MlstmKernelDtype::kF16: launch_scan_dir<__half>(a, s); break;
     default: SUBQ_CHECK(false, "mlstm scan: operand dtype must be bf16 or fp16");
   }
 }
