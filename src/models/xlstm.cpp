@@ -29,8 +29,8 @@
 //    float32): in bf16 the -10 input-gate bias has a resolution of 1/16 and the soft-cap would act on
 //    rounded values. They are tiny (d -> H) matmuls.
 //  * The mLSTM recurrence goes through the dispatching ops::mlstm / ops::mlstm_decode: the CUDA kernels
-//    where they apply (bf16/fp16 on a GPU; mlstm() only when no gradient is needed, see subq/ops/mlstm.h),
-//    else the chunkwise reference / recurrent step.
+//    where they apply (bf16/fp16 q, k, v on a GPU, head dims 64/128/256; see subq/ops/mlstm.h), else the
+//    chunkwise reference / recurrent step.
 //  * Residual stream in fp32, as in the Transformer: the embedding and the block sums stay fp32 under
 //    autocast; projections run in the autocast dtype; the ops compute in fp32 and return the input dtype.
 //  * q, k, v go to the op as [B, H, T, D] views of the projections (no copies beyond the op's own

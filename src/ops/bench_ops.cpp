@@ -224,7 +224,6 @@ OpCase mlstm_case() {
   c.run = [](const std::vector<torch::Tensor>& x, int64_t chunk) {
     return std::vector<torch::Tensor>{mlstm_chunkwise(x[0], x[1], x[2], x[3], x[4], {}, {}, chunk).h};
   };
-  // version 1 of the kernels: forward kernels; the backward recomputes through mlstm_chunkwise (see mlstm.h)
   c.run_cuda = [](const std::vector<torch::Tensor>& x) {
     return std::vector<torch::Tensor>{mlstm_cuda(x[0], x[1], x[2], x[3], x[4]).h};
   };

@@ -2,9 +2,9 @@
 // the build) against the chunkwise LibTorch reference run in fp32 on the same (already rounded) inputs: h
 // and the final state (C, n, m) over T = 1, 63, 64, 65, 1000, 4096, (Dk, Dv) in {64, 128, 256}^2 corners
 // including the 340M xLSTM's (128, 256), with and without resets and initial states; fp16; strided inputs
-// laid out like the xLSTM layer's; the gradients of mlstm_cuda (version 1: recomputed through the
-// reference, so they must match it closely); the SUBQ_OPS_IMPL dispatch; the decode kernel; document
-// isolation.
+// laid out like the xLSTM layer's; every gradient (q, k, v, both gates, the initial C, n, m) from the
+// backward kernels over the same shapes, and from the recompute backward for a loss on the final state;
+// the SUBQ_OPS_IMPL dispatch; the decode kernel; document isolation.
 //
 // Tolerances (DESIGN.md): relative RMS ||a - b|| / ||b|| < 5e-3 for bf16/fp16 outputs and final states,
 // < 1e-2 for gradients; the stabiliser m < 1e-5 (the kernels compute the recurrent m exactly, in fp32);
@@ -123,6 +123,47 @@ void compare_forward(const Case& c, uint64_t seed) {
   rep.check(describe(c));
 }
 
+// Gradients of sum(h * Wh) (+ losses on the final state when `state_loss`: the recompute backward) from the
+// kernels vs autograd of the fp32 reference on the same values.
+void compare_grads(const Case& c, uint64_t seed, bool state_loss) {
+  INFO(describe(c) << (state_loss ? " state loss" : ""));
+  const Inputs in = make_inputs(c, seed);
+  std::vector<Tensor> kl = {in.q, in.k, in.v, in.ig, in.fg};
+  std::vector<Tensor> rl = {in.q.to(torch::kFloat32), in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg};
+  std::vector<std::string> names = {"dq", "dk", "dv", "dig", "dfg"};
+  if (c.init) {
+    for (const auto& t : {in.init.c, in.init.n, in.init.m}) {
+      kl.push_back(t);
+      rl.push_back(t);
+    }
+    names.insert(names.end(), {"dc0", "dn0", "dm0"});
+  }
+  for (auto& t : kl) t = t.detach().clone().requires_grad_(true);
+  for (auto& t : rl) t = t.detach().clone().requires_grad_(true);
+  auto state_of = [&](const std::vector<Tensor>& l) {
+    return c.init ? subq::ops::MlstmState{l[5], l[6], l[7]} : subq::ops::MlstmState{};
+  };
+  const auto got = subq::ops::mlstm_cuda(kl[0], kl[1], kl[2], kl[3], kl[4], state_of(kl), in.reset);
+  const auto want = subq::ops::mlstm_chunkwise(rl[0], rl[1], rl[2], rl[3], rl[4], state_of(rl), in.reset, 64);
+  const Tensor Wh = subq::test::randn(want.h.sizes(), seed + 11).to(torch::kCUDA, c.dtype).to(torch::kFloat32);
+  const Tensor Wc = subq::test::randn(want.state.c.sizes(), seed + 12).to(torch::kCUDA, torch::kFloat32);
+  auto loss = [&](const subq::ops::MlstmResult& r) {
+    Tensor l = (r.h.to(torch::kFloat32) * Wh).sum();
+    if (state_loss) l = l + (r.state.c * Wc).sum() + r.state.n.sum() + r.state.m.sum();
+    return l;
+  };
+  const auto gk = torch::autograd::grad({loss(got)}, kl);
+  const auto gr = torch::autograd::grad({loss(want)}, rl);
+  Report rep;
+  rep.add("h", got.h, want.h, 5e-3);
+  for (size_t i = 0; i < kl.size(); ++i) {
+    REQUIRE(gk[i].defined());
+    CHECK(gk[i].scalar_type() == kl[i].scalar_type());
+    rep.add(names[i], gk[i], gr[i], 1e-2);
+  }
+  rep.check(subq::str("gradients ", describe(c), state_loss ? " state loss (recompute)" : " (kernels)"));
+}
+
 }  // namespace
 
 TEST_CASE("mlstm kernels match the reference: h and final state", "[gpu][mlstm]") {
@@ -158,37 +199,37 @@ TEST_CASE("mlstm kernels match the reference: h and final state", "[gpu][mlstm]"
   compare_forward(big, 9200);
 }
 
-TEST_CASE("mlstm_cuda gradients (reference recompute) match the reference's", "[gpu][mlstm]") {
+TEST_CASE("mlstm backward kernels match the reference's gradients", "[gpu][mlstm]") {
   const std::string why = why_skip();
   if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
-  Case c;
-  c.t = 300;
-  c.dk = 128;
-  c.dv = 256;
-  c.init = c.reset = true;
-  const Inputs in = make_inputs(c, 4000);
-  std::vector<Tensor> kl = {in.q, in.k, in.v, in.ig, in.fg, in.init.c, in.init.n, in.init.m};
-  std::vector<Tensor> rl = {in.q.to(torch::kFloat32), in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg,
-                            in.init.c, in.init.n, in.init.m};
-  for (auto& t : kl) t = t.detach().clone().requires_grad_(true);
-  for (auto& t : rl) t = t.detach().clone().requires_grad_(true);
-  const auto got = subq::ops::mlstm_cuda(kl[0], kl[1], kl[2], kl[3], kl[4], {kl[5], kl[6], kl[7]}, in.reset);
-  const auto want = subq::ops::mlstm_chunkwise(rl[0], rl[1], rl[2], rl[3], rl[4], {rl[5], rl[6], rl[7]}, in.reset, 64);
-  const Tensor Wh = subq::test::randn(want.h.sizes(), 11).to(torch::kCUDA, c.dtype).to(torch::kFloat32);
-  const Tensor Wc = subq::test::randn(want.state.c.sizes(), 12).to(torch::kCUDA, torch::kFloat32);
-  auto loss = [&](const subq::ops::MlstmResult& r) {
-    return (r.h.to(torch::kFloat32) * Wh).sum() + (r.state.c * Wc).sum() + r.state.n.sum() + r.state.m.sum();
-  };
-  const auto gk = torch::autograd::grad({loss(got)}, kl);
-  const auto gr = torch::autograd::grad({loss(want)}, rl);
-  const char* names[] = {"dq", "dk", "dv", "dig", "dfg", "dc0", "dn0", "dm0"};
-  Report rep;
-  for (size_t i = 0; i < kl.size(); ++i) {
-    REQUIRE(gk[i].defined());
-    CHECK(gk[i].scalar_type() == kl[i].scalar_type());
-    rep.add(names[i], gk[i], gr[i], 1e-2);
+  const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {128, 128}, {128, 256}, {256, 256}, {256, 64}};
+  uint64_t seed = 20000;
+  for (int64_t t : {1, 63, 65, 1000, 4096}) {
+    for (const auto& [dk, dv] : dims) {
+      Case plain;
+      plain.t = t;
+      plain.dk = dk;
+      plain.dv = dv;
+      compare_grads(plain, seed += 100, false);
+      Case full = plain;
+      full.h = 3;
+      full.init = full.reset = full.closing = true;
+      compare_grads(full, seed += 100, false);
+    }
   }
-  rep.check("gradients " + describe(c));
+  Case f16;
+  f16.dtype = torch::kFloat16;
+  f16.t = 700;
+  f16.dk = 128;
+  f16.dv = 256;
+  f16.init = f16.reset = true;
+  compare_grads(f16, 29000, false);
+  Case st;  // a loss on the final state: the recompute backward
+  st.t = 300;
+  st.dk = 128;
+  st.dv = 256;
+  st.init = st.reset = true;
+  compare_grads(st, 29100, true);
 }
 
 TEST_CASE("mlstm kernels read strided inputs in place (the xLSTM layer's layout) and copy misaligned ones",
@@ -220,7 +261,7 @@ TEST_CASE("mlstm kernels read strided inputs in place (the xLSTM layer's layout)
   }
 }
 
-TEST_CASE("mlstm dispatch follows SUBQ_OPS_IMPL and gradient needs", "[gpu][mlstm]") {
+TEST_CASE("mlstm dispatch follows SUBQ_OPS_IMPL", "[gpu][mlstm]") {
   const std::string why = why_skip();
   if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
   Case c;
@@ -248,9 +289,12 @@ TEST_CASE("mlstm dispatch follows SUBQ_OPS_IMPL and gradient needs", "[gpu][mlst
     CHECK_THROWS_AS(subq::ops::mlstm(q32, in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg),
                     subq::InputError);
   }
-  set("auto");  // gradients needed: the reference (version 1 has no backward kernel)
+  set("auto");  // gradients needed: still the kernels (forward and backward)
   const Tensor q = in.q.detach().clone().requires_grad_(true);
   auto r = subq::ops::mlstm(q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
+  CHECK(torch::equal(r.h.detach(), kernel.h));
+  set("reference");
+  r = subq::ops::mlstm(q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
   CHECK(torch::equal(r.h.detach(), chunk.h));
   if (prev)
     set(saved.c_str());

@@ -26,8 +26,8 @@
 // "abc" and "de" separately from the zero state, and the final state of "de".
 //
 // CUDA kernels (src/ops/mlstm/mlstm_cuda_*.cu, design and numbers in docs/perf/mlstm.md): mlstm_cuda
-// (chunkwise forward kernels, chunk size 64, as one autograd function) and mlstm_step_cuda (fused decode
-// step). Models call the dispatching entries mlstm() and mlstm_decode(): they take the kernel when
+// (chunkwise forward and backward, chunk size 64, as one autograd function) and mlstm_step_cuda (fused
+// decode step). Models call the dispatching entries mlstm() and mlstm_decode(): they take the kernel when
 // SUBQ_OPS_IMPL (subq/ops/ops_impl.h) allows and the call is supported, else the references.
 //
 // Example:
@@ -80,20 +80,21 @@ MlstmResult mlstm_step(const torch::Tensor& q, const torch::Tensor& k, const tor
                        const torch::Tensor& reset = {});
 
 // The dispatching entry for sequences (what models call). With SUBQ_OPS_IMPL=auto (the default):
-// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty and no gradient is needed (grad mode off or no
-// input requires grad), else mlstm_chunkwise(..., chunk_size); =reference: always mlstm_chunkwise;
-// =cuda: always mlstm_cuda (throws when unsupported). chunk_size applies to the reference only (the
-// kernels use 64). Same arguments, result and autograd behaviour as mlstm_chunkwise.
+// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty, else mlstm_chunkwise(..., chunk_size);
+// =reference: always mlstm_chunkwise; =cuda: always mlstm_cuda (throws when unsupported). chunk_size
+// applies to the reference only (the kernels use 64). Same arguments, result and autograd behaviour as
+// mlstm_chunkwise (up to bf16 rounding).
 MlstmResult mlstm(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& igate,
                   const torch::Tensor& fgate, const MlstmState& initial = {}, const torch::Tensor& reset = {},
                   int64_t chunk_size = kMlstmDefaultChunk);
 
-// The CUDA kernels: a sequential scan over 64-token chunks carrying the fp32 state (C, n, m), then
-// per-chunk outputs, as one torch::autograd::Function. Version 1 has no backward kernel: the backward
-// recomputes the forward with mlstm_chunkwise under autograd and returns its gradients (w.r.t. q, k, v,
-// the gates and the initial state) — correct, but slower than training on mlstm_chunkwise directly, which
-// is why mlstm() takes the kernels only when no gradient is needed. Returns h in q's dtype and the final
-// state in fp32. Throws subq::InputError when unsupported (see mlstm_cuda_unsupported).
+// The CUDA kernels as one torch::autograd::Function: forward = a sequential scan over 64-token chunks
+// carrying the fp32 state (C, n, m) with the exact recurrent stabiliser, then per-chunk outputs; backward =
+// a reverse scan of the state gradients, then per-chunk gradients of q, k, v, both gates and the initial
+// state, with m held constant (it reaches h only through the 1e-6 exp(m) term). When the final state has a
+// gradient (a loss on it), the backward instead recomputes the forward with mlstm_chunkwise under autograd
+// and returns its gradients. Returns h in q's dtype and the final state in fp32. Throws
+// subq::InputError when unsupported (see mlstm_cuda_unsupported).
 MlstmResult mlstm_cuda(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& igate, const torch::Tensor& fgate, const MlstmState& initial = {},
                        const torch::Tensor& reset = {});

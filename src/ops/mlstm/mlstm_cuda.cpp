@@ -1,13 +1,18 @@
 // mlstm_cuda.cpp — the LibTorch side of the mLSTM CUDA kernels: argument preparation, the custom autograd
-// function (forward: scan + chunk outputs; backward: see below), the fused decode step, and the dispatching
-// entry points subq::ops::mlstm() / mlstm_decode() (see subq/ops/mlstm.h).
+// function (forward: scan + chunk outputs; backward: reverse scan + chunk gradients, or a recompute through
+// the reference, see below), the fused decode step, and the dispatching entry points subq::ops::mlstm() /
+// mlstm_decode() (see subq/ops/mlstm.h).
 //
 // Decisions:
-//  * Version 1 has forward kernels only. The autograd function's backward recomputes the forward with
-//    mlstm_chunkwise under autograd (on the saved inputs) and returns its gradients: mlstm_cuda() is
-//    differentiable and exact (the reference's gradients, including the ones through the stabiliser's
-//    max), but a training step costs a kernel forward more than training on the reference, so the auto
-//    dispatch takes the kernels only when no gradient is needed (evaluation, generation's prefill).
+//  * Backward: the kernels (reverse state-gradient scan + chunk gradients, m held constant; exact for
+//    losses on h up to the 1e-6 exp(m) term, see docs/perf/mlstm.md) whenever the final state has no
+//    gradient — training never puts the final state into the loss. When it has one (the scaled final
+//    C, n depend on m at O(1), and m's own gradient runs through the max of the stabiliser), the backward
+//    recomputes the forward with mlstm_chunkwise under autograd and returns the reference's gradients.
+//    set_materialize_grads(false) is what lets the backward tell "no gradient" from a zero one.
+//  * The backward's per-token pre-pass (1/den_t and the gradient of qn_t, which needs dh_t . h_t) is three
+//    LibTorch ops on [B, H, T(, Dv)] tensors; the forward saves h, qn_t and m_t (fp32) for it, and the
+//    per-chunk states (C in the operand dtype, n and m in fp32) for the chunk gradients.
 //  * Strided q, k, v are used as they are when every row (the last dimension) is contiguous and 16-byte
 //    aligned (the xLSTM layer passes transposed views of its projections); anything else is copied.
 //  * Gates and the initial state are converted to fp32 contiguous tensors, reset flags to int32.
@@ -404,9 +409,7 @@ MlstmResult mlstm(const torch::Tensor& q, const torch::Tensor& k, const torch::T
     case OpsImpl::kCuda: return mlstm_cuda(q, k, v, igate, fgate, initial, reset);
     case OpsImpl::kAuto: break;
   }
-  const bool needs_grad = torch::GradMode::is_enabled() &&
-                          any_requires_grad({&q, &k, &v, &igate, &fgate, &initial.c, &initial.n, &initial.m});
-  if (!needs_grad && mlstm_cuda_unsupported(q, v).empty()) return mlstm_cuda(q, k, v, igate, fgate, initial, reset);
+  if (mlstm_cuda_unsupported(q, v).empty()) return mlstm_cuda(q, k, v, igate, fgate, initial, reset);
   return mlstm_chunkwise(q, k, v, igate, fgate, initial, reset, chunk_size);
 }
 
