@@ -28,6 +28,9 @@
 //  * The mLSTM gate pre-activations are computed in fp32 outside autocast (as xlstm-jax's gate_dtype
 //    float32): in bf16 the -10 input-gate bias has a resolution of 1/16 and the soft-cap would act on
 //    rounded values. They are tiny (d -> H) matmuls.
+//  * The mLSTM recurrence goes through the dispatching ops::mlstm / ops::mlstm_decode: the CUDA kernels
+//    where they apply (bf16/fp16 q, k, v on a GPU, head dims 64/128/256; see subq/ops/mlstm.h), else the
+//    chunkwise reference / recurrent step.
 //  * Residual stream in fp32, as in the Transformer: the embedding and the block sums stay fp32 under
 //    autocast; projections run in the autocast dtype; the ops compute in fp32 and return the input dtype.
 //  * q, k, v go to the op as [B, H, T, D] views of the projections (no copies beyond the op's own
@@ -175,12 +178,12 @@ Tensor MlstmLayerImpl::forward(const Tensor& x, const Tensor& reset, ops::MlstmS
   fg = fg.transpose(1, 2);
   Tensor h;  // [B, H, T, Dv]
   if (state && T == 1) {
-    auto r = ops::mlstm_step(qh.select(2, 0), kh.select(2, 0), vh.select(2, 0), ig.select(2, 0), fg.select(2, 0),
-                             *state, select_reset(reset, 0));
+    auto r = ops::mlstm_decode(qh.select(2, 0), kh.select(2, 0), vh.select(2, 0), ig.select(2, 0), fg.select(2, 0),
+                               *state, select_reset(reset, 0));
     h = r.h.unsqueeze(2);
     *state = std::move(r.state);
   } else {
-    auto r = ops::mlstm_chunkwise(qh, kh, vh, ig, fg, state ? *state : ops::MlstmState{}, reset, chunk_size_);
+    auto r = ops::mlstm(qh, kh, vh, ig, fg, state ? *state : ops::MlstmState{}, reset, chunk_size_);
     h = r.h;
     if (state) *state = std::move(r.state);
   }

@@ -228,6 +228,10 @@ OpCase mlstm_case() {
   c.run = [](const std::vector<torch::Tensor>& x, int64_t chunk) {
     return std::vector<torch::Tensor>{mlstm_chunkwise(x[0], x[1], x[2], x[3], x[4], {}, {}, chunk).h};
   };
+  c.run_cuda = [](const std::vector<torch::Tensor>& x) {
+    return std::vector<torch::Tensor>{mlstm_cuda(x[0], x[1], x[2], x[3], x[4]).h};
+  };
+  c.cuda_unsupported = [](const std::vector<torch::Tensor>& x) { return mlstm_cuda_unsupported(x[0], x[2]); };
   return c;
 }
 
@@ -300,7 +304,7 @@ nlohmann::json bench_ops(const BenchOpsOptions& o) {
         if (impl == "cuda") {
           std::string why;
           if (!c.run_cuda)
-            why = "no subq CUDA kernel for this op yet (issue 6: ssd and gated_delta have one)";
+            why = "no subq CUDA kernel for this op";
           else if (device.is_cpu())
             why = "the subq CUDA kernels need a CUDA device (this run uses the CPU)";
           if (!why.empty()) {

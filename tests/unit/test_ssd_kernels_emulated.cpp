@@ -30,6 +30,7 @@
 #include "ops/ssd/ssd_cuda_fwd.cuh"
 #include "ops/ssd/ssd_cuda_scan.cuh"
 #include "ops/ssd/ssd_cuda_step.cuh"
+#include "ops/ssd/ssd_internal.h"
 
 namespace {
 
@@ -304,6 +305,139 @@ TEST_CASE("SSD decode-step kernel (CPU emulation) matches ssd_step", "[ops][ssd]
   const auto ref = subq::ops::ssd_step(x, dt, A, B, C, D, s);
   CHECK(subq::test::rel_rms(s_out, ref.final_state) < 1e-6);
   CHECK(subq::test::rel_rms(y, ref.y) < 5e-3);
+}
+
+namespace {
+
+// The launchers of src/ops/ssd/ssd_cuda_*.cu with emu::launch in place of <<<...>>> (same grids, blocks and
+// shared-memory sizes), so that the Torch-side glue of ssd_cuda.cpp runs end to end on CPU tensors.
+int g_sm_count = 1000;  // large: head_splits() then splits every group's heads as far as it can
+emu::Options g_opt;
+
+template <typename T>
+void emu_scan_t(const subq::ops::detail::SsdScanArgs& a) {
+  const dim3 grid(static_cast<unsigned>((a.n.head_dim / 64) * (a.n.state_dim / 64)), static_cast<unsigned>(a.n.heads),
+                  static_cast<unsigned>(a.n.batch));
+  if (a.reverse)
+    emu::launch(grid, dim3(k::kScanThreads), k::scan_smem_bytes<T>(), [&] { k::ssd_scan_kernel<T, true>(a); }, g_opt);
+  else
+    emu::launch(grid, dim3(k::kScanThreads), k::scan_smem_bytes<T>(), [&] { k::ssd_scan_kernel<T, false>(a); }, g_opt);
+}
+template <typename T, int N>
+void emu_fwd_t(const subq::ops::detail::SsdChunkFwdArgs& a) {
+  const dim3 grid(static_cast<unsigned>(a.n.chunks), static_cast<unsigned>(a.n.groups * a.head_splits),
+                  static_cast<unsigned>(a.n.batch));
+  emu::launch(grid, dim3(k::kFwdThreads), sizeof(k::FwdSmem<T, N>), [&] { k::ssd_chunk_fwd_kernel<T, N>(a); }, g_opt);
+}
+template <typename T, int N>
+void emu_bwd_t(const subq::ops::detail::SsdChunkBwdArgs& a) {
+  const dim3 grid(static_cast<unsigned>(a.n.chunks), static_cast<unsigned>(a.n.groups * a.head_splits),
+                  static_cast<unsigned>(a.n.batch));
+  emu::launch(grid, dim3(k::kBwdThreads), sizeof(k::BwdSmem<T, N>), [&] { k::ssd_chunk_bwd_kernel<T, N>(a); }, g_opt);
+}
+using subq::ops::detail::SsdKernelDtype;
+void emu_scan(const subq::ops::detail::SsdScanArgs& a, SsdKernelDtype d, void*) {
+  if (d == SsdKernelDtype::kF16)
+    emu_scan_t<__half>(a);
+  else
+    emu_scan_t<__nv_bfloat16>(a);
+}
+void emu_fwd(const subq::ops::detail::SsdChunkFwdArgs& a, SsdKernelDtype d, void*) {
+  if (d == SsdKernelDtype::kF16)
+    a.n.state_dim == 64 ? emu_fwd_t<__half, 64>(a) : emu_fwd_t<__half, 128>(a);
+  else
+    a.n.state_dim == 64 ? emu_fwd_t<__nv_bfloat16, 64>(a) : emu_fwd_t<__nv_bfloat16, 128>(a);
+}
+void emu_bwd(const subq::ops::detail::SsdChunkBwdArgs& a, SsdKernelDtype d, void*) {
+  if (d == SsdKernelDtype::kF16)
+    a.n.state_dim == 64 ? emu_bwd_t<__half, 64>(a) : emu_bwd_t<__half, 128>(a);
+  else
+    a.n.state_dim == 64 ? emu_bwd_t<__nv_bfloat16, 64>(a) : emu_bwd_t<__nv_bfloat16, 128>(a);
+}
+int emu_sm_count(int) { return g_sm_count; }
+const subq::ops::detail::SsdLaunchers kEmulated = {emu_scan, emu_fwd, emu_bwd, emu_sm_count};
+
+}  // namespace
+
+// ssd_cuda()'s autograd function (placeholders for absent optional tensors, argument preparation, saved
+// tensors, the backward's assembly and dtype conversions, head-split sums) on CPU tensors, with the
+// emulated kernels behind it. The first case is the one that failed on the H200 in v1: D, the initial
+// state and reset all absent.
+TEST_CASE("SSD kernels' autograd glue (CPU tensors, emulated kernels) matches the reference", "[ops][ssd][kernels]") {
+  using subq::test::randn;
+  struct GlueCase {
+    int64_t b, h, g, t, p, n;
+    bool D, init, reset, use_final, strided;
+    torch::ScalarType dt_dtype;
+    int sm_count;
+  };
+  const std::vector<GlueCase> cases = {
+      {1, 2, 1, 100, 64, 64, false, false, false, false, true, torch::kFloat32, 1000},  // nothing optional, y only
+      {2, 4, 2, 70, 64, 128, true, true, true, true, false, torch::kBFloat16, 1},     // everything, bf16 dt, 1 split
+  };
+  uint64_t seed = 7000;
+  for (const auto& c : cases) {
+    seed += 100;
+    g_sm_count = c.sm_count;
+    INFO("B" << c.b << " H" << c.h << " G" << c.g << " T" << c.t << " P" << c.p << " N" << c.n << (c.D ? " D" : "")
+              << (c.init ? " init" : "") << (c.reset ? " reset" : "") << (c.use_final ? " final" : "")
+              << (c.strided ? " strided" : "") << " dt " << c10::toString(c.dt_dtype));
+    Tensor x = randn({c.b, c.h, c.t, c.p}, seed + 1).to(torch::kBFloat16);
+    if (c.strided) x = x.permute({0, 2, 1, 3}).contiguous().permute({0, 2, 1, 3});
+    const Tensor B = randn({c.b, c.g, c.t, c.n}, seed + 2).to(torch::kBFloat16);
+    const Tensor C = randn({c.b, c.g, c.t, c.n}, seed + 3).to(torch::kBFloat16);
+    const Tensor dt = torch::softplus(randn({c.b, c.h, c.t}, seed + 4) * 0.5 - 1.5).to(c.dt_dtype);
+    const Tensor A = (-(0.05 + randn({c.h}, seed + 5).abs().clamp_max(2.0) * 0.5)).to(torch::kFloat32);
+    const Tensor D = c.D ? randn({c.h}, seed + 6).to(torch::kFloat32) : Tensor();
+    const Tensor h0 = c.init ? randn({c.b, c.h, c.p, c.n}, seed + 7).to(torch::kFloat32) : Tensor();
+    const Tensor reset = c.reset ? subq::test::rand_mask({c.b, c.t}, seed + 8, 0.05) : Tensor();
+    const Tensor Wy = randn({c.b, c.h, c.t, c.p}, seed + 9).to(torch::kBFloat16).to(torch::kFloat32);
+    const Tensor Wf = randn({c.b, c.h, c.p, c.n}, seed + 10).to(torch::kFloat32);
+
+    std::vector<Tensor> k_leaves = {x, dt, A, B, C};
+    std::vector<Tensor> r_leaves = {x.to(torch::kFloat32), dt.to(torch::kFloat32), A, B.to(torch::kFloat32),
+                                    C.to(torch::kFloat32)};
+    std::vector<std::string> names = {"dx", "ddt", "dA", "dB", "dC"};
+    if (c.D) {
+      k_leaves.push_back(D);
+      r_leaves.push_back(D);
+      names.push_back("dD");
+    }
+    if (c.init) {
+      k_leaves.push_back(h0);
+      r_leaves.push_back(h0);
+      names.push_back("dh0");
+    }
+    for (auto& t : k_leaves) t = t.detach().clone(at::MemoryFormat::Preserve).requires_grad_(true);
+    for (auto& t : r_leaves) t = t.detach().clone().requires_grad_(true);
+    const Tensor kD = c.D ? k_leaves[5] : Tensor(), kh0 = c.init ? k_leaves.back() : Tensor();
+    const Tensor rD = c.D ? r_leaves[5] : Tensor(), rh0 = c.init ? r_leaves.back() : Tensor();
+    auto [y, fin] = subq::ops::detail::ssd_kernels_autograd(kEmulated, k_leaves[0], k_leaves[1], k_leaves[2],
+                                                            k_leaves[3], k_leaves[4], kD, kh0, reset);
+    const auto ref = subq::ops::ssd_chunkwise(r_leaves[0], r_leaves[1], r_leaves[2], r_leaves[3], r_leaves[4], rD, rh0,
+                                              reset, 64);
+    REQUIRE(y.scalar_type() == torch::kBFloat16);
+    CHECK(subq::test::rel_rms(y, ref.y) < 5e-3);
+    CHECK(subq::test::rel_rms(fin, ref.final_state) < 5e-3);
+    Tensor lk = (y.to(torch::kFloat32) * Wy).sum(), lr = (ref.y * Wy).sum();
+    if (c.use_final) {
+      lk = lk + (fin * Wf).sum();
+      lr = lr + (ref.final_state * Wf).sum();
+    }
+    const auto gk = torch::autograd::grad({lk}, k_leaves);
+    const auto gr = torch::autograd::grad({lr}, r_leaves);
+    std::string line;
+    for (size_t i = 0; i < gk.size(); ++i) {
+      INFO(names[i]);
+      REQUIRE(gk[i].defined());
+      CHECK(gk[i].scalar_type() == k_leaves[i].scalar_type());
+      const double e = subq::test::rel_rms(gk[i], gr[i]);
+      line += subq::str(" ", names[i], " ", e);
+      CHECK(e < 1e-2);
+    }
+    std::printf("[ssd-glue-emulated]%s\n", line.c_str());
+    std::fflush(stdout);
+  }
 }
 
 #else

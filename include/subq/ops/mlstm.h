@@ -25,6 +25,11 @@
 // documents "abc" and "de":  tokens [a b c d e], reset [1 0 0 1 0]  gives exactly the outputs of running
 // "abc" and "de" separately from the zero state, and the final state of "de".
 //
+// CUDA kernels (src/ops/mlstm/mlstm_cuda_*.cu, design and numbers in docs/perf/mlstm.md): mlstm_cuda
+// (chunkwise forward and backward, chunk size 64, as one autograd function) and mlstm_step_cuda (fused
+// decode step). Models call the dispatching entries mlstm() and mlstm_decode(): they take the kernel when
+// SUBQ_OPS_IMPL (subq/ops/ops_impl.h) allows and the call is supported, else the references.
+//
 // Example:
 //   auto q = torch::randn({2, 4, 100, 64}), k = torch::randn({2, 4, 100, 64}), v = torch::randn({2, 4, 100, 128});
 //   auto i = torch::randn({2, 4, 100}), f = torch::randn({2, 4, 100}) + 3;
@@ -73,5 +78,44 @@ MlstmResult mlstm_chunkwise(const torch::Tensor& q, const torch::Tensor& k, cons
 MlstmResult mlstm_step(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& igate, const torch::Tensor& fgate, const MlstmState& state = {},
                        const torch::Tensor& reset = {});
+
+// The dispatching entry for sequences (what models call). With SUBQ_OPS_IMPL=auto (the default):
+// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty, else mlstm_chunkwise(..., chunk_size);
+// =reference: always mlstm_chunkwise; =cuda: always mlstm_cuda (throws when unsupported). chunk_size
+// applies to the reference only (the kernels use 64). Same arguments, result and autograd behaviour as
+// mlstm_chunkwise (up to bf16 rounding).
+MlstmResult mlstm(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& igate,
+                  const torch::Tensor& fgate, const MlstmState& initial = {}, const torch::Tensor& reset = {},
+                  int64_t chunk_size = kMlstmDefaultChunk);
+
+// The CUDA kernels as one torch::autograd::Function: forward = a sequential scan over 64-token chunks
+// carrying the fp32 state (C, n, m) with the exact recurrent stabiliser, then per-chunk outputs; backward =
+// a reverse scan of the state gradients, then per-chunk gradients of q, k, v, both gates and the initial
+// state, with m held constant (it reaches h only through the 1e-6 exp(m) term). When the final state has a
+// gradient (a loss on it), the backward instead recomputes the forward with mlstm_chunkwise under autograd
+// and returns its gradients. Returns h in q's dtype and the final state in fp32. Throws
+// subq::InputError when unsupported (see mlstm_cuda_unsupported).
+MlstmResult mlstm_cuda(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& igate, const torch::Tensor& fgate, const MlstmState& initial = {},
+                       const torch::Tensor& reset = {});
+
+// "" when mlstm_cuda can run q [B, H, T, Dk], v [B, H, T, Dv] (given arguments that pass the usual checks),
+// else why not: kernels built (nvcc at configure time), q on a CUDA device with a kernel image (sm_90a by
+// default, SUBQ_CUDA_ARCHS), q / k / v in bf16 or fp16, Dk and Dv in {64, 128, 256}, T >= 1,
+// B, H <= 65535. Any strides with a contiguous last dimension and 16-byte aligned rows are used in place;
+// other layouts are copied. Gates and the initial state may have any float dtype.
+std::string mlstm_cuda_unsupported(const torch::Tensor& q, const torch::Tensor& v);
+
+// The fused decode step (mlstm_step semantics and arguments) on CUDA; q, k, v in fp32, bf16 or fp16, any
+// head dims. No backward: throws when gradients are required.
+MlstmResult mlstm_step_cuda(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                            const torch::Tensor& igate, const torch::Tensor& fgate, const MlstmState& state = {},
+                            const torch::Tensor& reset = {});
+
+// The dispatching decode step: mlstm_step_cuda when SUBQ_OPS_IMPL allows, the tensors are on CUDA in
+// fp32/bf16/fp16 and no gradient is needed, else mlstm_step.
+MlstmResult mlstm_decode(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                         const torch::Tensor& igate, const torch::Tensor& fgate, const MlstmState& state = {},
+                         const torch::Tensor& reset = {});
 
 }  // namespace subq::ops

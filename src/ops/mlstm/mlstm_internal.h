@@ -20,3 +20,19 @@ Dims check_sequence(const char* op, const torch::Tensor& q, const torch::Tensor&
 MlstmState initial_state(const MlstmState& initial, const Dims& d, torch::ScalarType ct, const torch::Device& dev);
 
 }  // namespace subq::ops::mlstm_detail
+
+namespace subq::ops::detail {
+
+struct MlstmLaunchers;
+
+// What mlstm_cuda() / mlstm_step_cuda() run after their checks, with the given launchers and no device or
+// support checks (the inputs must pass check_sequence and the launchers' own requirements). On CPU tensors
+// the stream handed to the launchers is null (used with the CPU emulator in tests).
+MlstmResult mlstm_kernels_autograd(const MlstmLaunchers& launchers, const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v, const torch::Tensor& igate, const torch::Tensor& fgate,
+                                   const MlstmState& initial, const torch::Tensor& reset);
+MlstmResult mlstm_step_kernels(const MlstmLaunchers& launchers, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& igate, const torch::Tensor& fgate,
+                               const MlstmState& state, const torch::Tensor& reset);
+
+}  // namespace subq::ops::detail

@@ -59,15 +59,18 @@ detail::SsdKernelDtype kernel_dtype(torch::ScalarType t) {
 
 detail::SsdRows rows_of(const Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 
-void* stream_of(const Tensor& t) { return at::accelerator::getCurrentStream(t.device().index()).native_handle(); }
+// The current stream's cudaStream_t; null for CPU tensors (the CPU emulator of the tests ignores it).
+void* stream_of(const Tensor& t) {
+  return t.is_cuda() ? at::accelerator::getCurrentStream(t.device().index()).native_handle() : nullptr;
+}
 
 template <typename P>
 const P* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data_ptr<P>() : nullptr;
 }
 
-int head_splits(int64_t base_blocks, int64_t heads_per_group, int device) {
-  const int64_t target = 2 * static_cast<int64_t>(detail::ssd_cuda_sm_count(device));
+int head_splits(const detail::SsdLaunchers& l, int64_t base_blocks, int64_t heads_per_group, int device) {
+  const int64_t target = 2 * static_cast<int64_t>(l.sm_count(device));
   for (int64_t s = 1; s <= heads_per_group; ++s)
     if (heads_per_group % s == 0 && base_blocks * s >= target) return static_cast<int>(s);
   return static_cast<int>(heads_per_group);
@@ -109,10 +112,12 @@ void fill_dt(const Tensor& dt, const float*& ptr, int64_t& s0, int64_t& s1, int6
 
 class SsdCudaFunction : public torch::autograd::Function<SsdCudaFunction> {
  public:
-  // D, init and reset arrive as 0-element placeholders when not given (see absent_as_empty below).
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& dt, const Tensor& A,
-                               const Tensor& B, const Tensor& C, const Tensor& D_in, const Tensor& init_in,
-                               const Tensor& reset_in) {
+  // D, init and reset arrive as 0-element placeholders when not given (see ssd_kernels_autograd below).
+  // The launchers are a non-tensor argument (their address is kept for the backward in saved_data).
+  static variable_list forward(AutogradContext* ctx, const detail::SsdLaunchers* launchers, const Tensor& x,
+                               const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C,
+                               const Tensor& D_in, const Tensor& init_in, const Tensor& reset_in) {
+    const detail::SsdLaunchers& l = *launchers;
     const Tensor D = D_in.numel() ? D_in : Tensor();
     const Tensor init = init_in.numel() ? init_in : Tensor();
     const Tensor reset = reset_in.numel() ? reset_in : Tensor();
@@ -137,11 +142,11 @@ class SsdCudaFunction : public torch::autograd::Function<SsdCudaFunction> {
     sa.s_in = ptr_or_null<float>(p.init);
     sa.states = states.data_ptr();
     sa.s_out = final_state.data_ptr<float>();
-    detail::ssd_cuda_scan(sa, kd, stream);
+    l.scan(sa, kd, stream);
 
     detail::SsdChunkFwdArgs fa;
     fa.n = n;
-    fa.head_splits = head_splits(static_cast<int64_t>(n.batch) * n.groups * n.chunks, n.heads / n.groups,
+    fa.head_splits = head_splits(l, static_cast<int64_t>(n.batch) * n.groups * n.chunks, n.heads / n.groups,
                                  x.device().index());
     fa.x = rows_of(p.x);
     fill_dt(p.dt, fa.dt, fa.dt_s0, fa.dt_s1, fa.dt_s2);
@@ -152,9 +157,10 @@ class SsdCudaFunction : public torch::autograd::Function<SsdCudaFunction> {
     fa.reset = sa.reset;
     fa.states = states.data_ptr();
     fa.y = y.data_ptr();
-    detail::ssd_cuda_chunk_fwd(fa, kd, stream);
+    l.chunk_fwd(fa, kd, stream);
 
     ctx->save_for_backward({p.x, p.dt, p.A, p.B, p.C, p.D, p.reset, states});
+    ctx->saved_data["launchers"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(launchers));
     ctx->saved_data["dt_dtype"] = static_cast<int64_t>(dt.scalar_type());
     ctx->saved_data["A_dtype"] = static_cast<int64_t>(A.scalar_type());
     ctx->saved_data["D_dtype"] = static_cast<int64_t>(D.defined() ? D.scalar_type() : torch::kFloat32);
@@ -165,6 +171,8 @@ class SsdCudaFunction : public torch::autograd::Function<SsdCudaFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& l =
+        *reinterpret_cast<const detail::SsdLaunchers*>(static_cast<intptr_t>(ctx->saved_data["launchers"].toInt()));
     const variable_list s = ctx->get_saved_variables();
     const Tensor &x = s[0], &dt = s[1], &A = s[2], &B = s[3], &C = s[4], &D = s[5], &reset = s[6], &states = s[7];
     c10::DeviceGuard guard(x.device());
@@ -196,11 +204,11 @@ class SsdCudaFunction : public torch::autograd::Function<SsdCudaFunction> {
     sa.s_in = ptr_or_null<float>(dfinal);
     sa.states = dstates.data_ptr();
     sa.s_out = dinit.data_ptr<float>();
-    detail::ssd_cuda_scan(sa, kd, stream);
+    l.scan(sa, kd, stream);
 
     detail::SsdChunkBwdArgs ba;
     ba.n = n;
-    ba.head_splits = head_splits(static_cast<int64_t>(n.batch) * n.groups * n.chunks, n.heads / n.groups,
+    ba.head_splits = head_splits(l, static_cast<int64_t>(n.batch) * n.groups * n.chunks, n.heads / n.groups,
                                  x.device().index());
     Tensor dx = torch::empty({n.batch, n.heads, n.time, n.head_dim}, x.options());
     Tensor ddt = torch::empty({n.batch, n.heads, n.time}, f32);
@@ -224,7 +232,7 @@ class SsdCudaFunction : public torch::autograd::Function<SsdCudaFunction> {
     ba.dC_part = dC_part.data_ptr<float>();
     ba.dA_part = dA_part.data_ptr<float>();
     ba.dD_part = dD_part.data_ptr<float>();
-    detail::ssd_cuda_chunk_bwd(ba, kd, stream);
+    l.chunk_bwd(ba, kd, stream);
 
     auto dtype_of = [&](const char* key) { return static_cast<torch::ScalarType>(ctx->saved_data[key].toInt()); };
     const Tensor dB = (ba.head_splits == 1 ? dB_part.squeeze(0) : dB_part.sum(0)).to(B.scalar_type());
@@ -233,7 +241,8 @@ class SsdCudaFunction : public torch::autograd::Function<SsdCudaFunction> {
     const Tensor dD =
         ctx->saved_data["has_D"].toBool() ? dD_part.sum(std::vector<int64_t>{0, 2}).to(dtype_of("D_dtype")) : Tensor();
     const Tensor d0 = ctx->saved_data["has_init"].toBool() ? dinit.to(dtype_of("init_dtype")) : Tensor();
-    return {dx, ddt.to(dtype_of("dt_dtype")), dA, dB, dC, dD, d0, Tensor()};
+    // one entry per forward argument: the launchers and reset get none
+    return {Tensor(), dx, ddt.to(dtype_of("dt_dtype")), dA, dB, dC, dD, d0, Tensor()};
   }
 };
 
@@ -267,13 +276,23 @@ SsdResult ssd_cuda(const torch::Tensor& x, const torch::Tensor& dt, const torch:
   const std::string why = ssd_cuda_unsupported(x, B);
   if (!why.empty())
     throw InputError(str("ssd_cuda: ", why, "; use subq::ops::ssd(), which falls back to the chunkwise reference"));
+  static const detail::SsdLaunchers cuda = {detail::ssd_cuda_scan, detail::ssd_cuda_chunk_fwd,
+                                            detail::ssd_cuda_chunk_bwd, detail::ssd_cuda_sm_count};
+  auto [y, final_state] = detail::ssd_kernels_autograd(cuda, x, dt, A, B, C, D, initial_state, reset);
+  return {y, final_state};
+}
+
+std::pair<torch::Tensor, torch::Tensor> detail::ssd_kernels_autograd(const SsdLaunchers& launchers, const Tensor& x,
+                                                                     const Tensor& dt, const Tensor& A, const Tensor& B,
+                                                                     const Tensor& C, const Tensor& D,
+                                                                     const Tensor& initial_state, const Tensor& reset) {
   // LibTorch's custom autograd Function records a VariableInfo (layout, device, ...) of every tensor
   // argument, which throws "tensor does not have a device" for an undefined tensor: optional arguments
   // travel as 0-element placeholders on x's device instead (the real ones are never empty).
-  auto absent_as_empty = [&](const torch::Tensor& t, torch::ScalarType dtype) {
+  auto absent_as_empty = [&](const Tensor& t, torch::ScalarType dtype) {
     return t.defined() ? t : torch::empty({0}, x.options().dtype(dtype));
   };
-  variable_list out = SsdCudaFunction::apply(x, dt, A, B, C, absent_as_empty(D, torch::kFloat32),
+  variable_list out = SsdCudaFunction::apply(&launchers, x, dt, A, B, C, absent_as_empty(D, torch::kFloat32),
                                              absent_as_empty(initial_state, torch::kFloat32),
                                              absent_as_empty(reset, torch::kBool));
   return {out[0], out[1]};

@@ -107,4 +107,13 @@ void ssd_cuda_chunk_fwd(const SsdChunkFwdArgs& a, SsdKernelDtype dtype, void* st
 void ssd_cuda_chunk_bwd(const SsdChunkBwdArgs& a, SsdKernelDtype dtype, void* stream);
 void ssd_cuda_step(const SsdStepArgs& a, SsdKernelDtype dtype, void* stream);
 
+// The launchers the autograd function of ssd_cuda.cpp calls: the CUDA ones above in ssd_cuda(); the CPU
+// emulator's (tests/unit/test_ssd_kernels_emulated.cpp) in tests of the Torch-side glue on CPU tensors.
+struct SsdLaunchers {
+  void (*scan)(const SsdScanArgs&, SsdKernelDtype, void*);
+  void (*chunk_fwd)(const SsdChunkFwdArgs&, SsdKernelDtype, void*);
+  void (*chunk_bwd)(const SsdChunkBwdArgs&, SsdKernelDtype, void*);
+  int (*sm_count)(int device);
+};
+
 }  // namespace subq::ops::detail

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <utility>
 
 namespace subq::ops::detail {
 
@@ -16,6 +17,18 @@ struct SsdDims {
 SsdDims ssd_check(const std::string& op, const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
                   const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
                   const torch::Tensor& initial_state, const torch::Tensor& reset);
+
+struct SsdLaunchers;
+
+// The CUDA kernels' autograd function (what ssd_cuda() runs after its checks) with the given launchers and
+// no device or support checks: the inputs must pass ssd_check and the launchers' own requirements. On
+// CPU tensors the stream handed to the launchers is null (used with the CPU emulator in tests).
+// Returns y and the final state as ssd_cuda does.
+std::pair<torch::Tensor, torch::Tensor> ssd_kernels_autograd(const SsdLaunchers& launchers, const torch::Tensor& x,
+                                                             const torch::Tensor& dt, const torch::Tensor& A,
+                                                             const torch::Tensor& B, const torch::Tensor& C,
+                                                             const torch::Tensor& D, const torch::Tensor& initial_state,
+                                                             const torch::Tensor& reset);
 
 // [batch, G, ...] -> [batch, H, ...]: head h reads group h / (H / G) (copies when G < H; used by
 // the recurrent forms only).

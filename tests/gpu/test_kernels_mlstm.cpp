@@ -1,0 +1,386 @@
+// test_kernels_mlstm.cpp — the mLSTM CUDA kernels (label gpu; skipped without a GPU or without kernels in
+// the build) against the chunkwise LibTorch reference run in fp32 on the same (already rounded) inputs: h
+// and the final state (C, n, m) over T = 1, 63, 64, 65, 1000, 4096, (Dk, Dv) in {64, 128, 256}^2 corners
+// including the 340M xLSTM's (128, 256), with and without resets and initial states; fp16; strided inputs
+// laid out like the xLSTM layer's; every gradient (q, k, v, both gates, the initial C, n, m) from the
+// backward kernels over the same shapes, and from the recompute backward for a loss on the final state;
+// the SUBQ_OPS_IMPL dispatch; the decode kernel; document isolation.
+//
+// Tolerances (DESIGN.md): relative RMS ||a - b|| / ||b|| < 5e-3 for bf16/fp16 outputs and final states,
+// < 1e-2 for gradients; the stabiliser m < 1e-5 (the kernels compute the recurrent m exactly, in fp32);
+// fp32 decode steps < 1e-5. NaN never passes. Every case prints one line with its shape and the error of
+// every tensor.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "op_testing.h"
+#include "subq/core/error.h"
+#include "subq/ops/mlstm.h"
+#include "subq_catch.h"
+
+namespace {
+
+using subq::test::rel_rms;
+using torch::Tensor;
+
+struct Case {
+  int64_t b = 2, h = 2, t = 64, dk = 64, dv = 64;
+  bool init = false, reset = false, closing = false;
+  torch::ScalarType dtype = torch::kBFloat16;
+};
+
+std::string describe(const Case& c) {
+  return subq::str(c10::toString(c.dtype), " B", c.b, " H", c.h, " T", c.t, " Dk", c.dk, " Dv", c.dv,
+                   c.init ? " init" : "", c.reset ? " reset" : "", c.closing ? " closing" : " open");
+}
+
+std::string why_skip() {
+  if (!torch::cuda::is_available()) return "no CUDA GPU visible";
+  auto o = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  return subq::ops::mlstm_cuda_unsupported(torch::zeros({1, 1, 1, 64}, o), torch::zeros({1, 1, 1, 64}, o));
+}
+
+struct Inputs {
+  Tensor q, k, v, ig, fg, reset;  // on the GPU; q, k, v in the case's dtype, gates fp32
+  subq::ops::MlstmState init;
+};
+
+Tensor make_reset(int64_t b, int64_t t, uint64_t seed) {
+  Tensor r = subq::test::rand_mask({b, t}, seed, 0.02);
+  auto a = r.accessor<bool, 2>();
+  for (int64_t pos : {int64_t{63}, int64_t{64}, int64_t{66}, int64_t{130}, t - 1})
+    if (pos > 0 && pos < t) a[0][pos] = true;
+  if (b > 1) a[1][0] = true;
+  return r;
+}
+
+// open: the xLSTM regime (forget gates near 1, f~ ~ N(3, 1); input gates ~ N(0, 2)): the state lives over
+// many chunks. closing: f~ ~ N(0, 3), input gates ~ N(0, 4): the stabiliser switches between its branches
+// all the time.
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  using subq::test::randn;
+  auto dev = torch::kCUDA;
+  Inputs in;
+  in.q = randn({c.b, c.h, c.t, c.dk}, seed + 1).to(dev, c.dtype);
+  in.k = randn({c.b, c.h, c.t, c.dk}, seed + 2).to(dev, c.dtype);
+  in.v = randn({c.b, c.h, c.t, c.dv}, seed + 3).to(dev, c.dtype);
+  in.ig = randn({c.b, c.h, c.t}, seed + 4, c.closing ? 4.0 : 2.0).to(dev, torch::kFloat32);
+  in.fg = randn({c.b, c.h, c.t}, seed + 5, c.closing ? 3.0 : 1.0, c.closing ? 0.0 : 3.0).to(dev, torch::kFloat32);
+  if (c.init)
+    in.init = {randn({c.b, c.h, c.dk, c.dv}, seed + 6).to(dev, torch::kFloat32),
+               randn({c.b, c.h, c.dk}, seed + 7).to(dev, torch::kFloat32),
+               randn({c.b, c.h}, seed + 8).to(dev, torch::kFloat32)};
+  if (c.reset) in.reset = make_reset(c.b, c.t, seed + 9).to(dev);
+  return in;
+}
+
+struct Report {
+  std::string line;
+  std::vector<std::pair<std::string, double>> errs;
+  std::vector<double> tols;
+  void add(const std::string& name, const Tensor& got, const Tensor& want, double tol) {
+    double e = std::nan("");
+    if (got.defined() && want.defined() && got.sizes() == want.sizes())
+      e = rel_rms(got.to(torch::kFloat32), want.to(torch::kFloat32));
+    line += subq::str(" ", name, " ", e);
+    errs.emplace_back(name, e);
+    tols.push_back(tol);
+  }
+  void check(const std::string& what) {
+    std::printf("[mlstm-kernel] %s:%s\n", what.c_str(), line.c_str());
+    std::fflush(stdout);
+    for (size_t i = 0; i < errs.size(); ++i) {
+      INFO(what << ": " << errs[i].first << " relative RMS error " << errs[i].second << " (tolerance " << tols[i]
+                << ")");
+      CHECK(errs[i].second < tols[i]);
+    }
+  }
+};
+
+subq::ops::MlstmResult reference(const Inputs& in) {
+  const auto f32 = torch::kFloat32;
+  return subq::ops::mlstm_chunkwise(in.q.to(f32), in.k.to(f32), in.v.to(f32), in.ig, in.fg, in.init, in.reset, 64);
+}
+
+void compare_forward(const Case& c, uint64_t seed) {
+  INFO(describe(c));
+  torch::NoGradGuard ng;
+  const Inputs in = make_inputs(c, seed);
+  const auto got = subq::ops::mlstm_cuda(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset);
+  const auto want = reference(in);
+  REQUIRE(got.h.scalar_type() == c.dtype);
+  REQUIRE(got.state.c.scalar_type() == torch::kFloat32);
+  Report rep;
+  rep.add("h", got.h, want.h, 5e-3);
+  rep.add("C", got.state.c, want.state.c, 5e-3);
+  rep.add("n", got.state.n, want.state.n, 5e-3);
+  rep.add("m", got.state.m, want.state.m, 1e-5);
+  rep.check(describe(c));
+}
+
+// Gradients of sum(h * Wh) (+ losses on the final state when `state_loss`: the recompute backward) from the
+// kernels vs autograd of the fp32 reference on the same values.
+void compare_grads(const Case& c, uint64_t seed, bool state_loss) {
+  INFO(describe(c) << (state_loss ? " state loss" : ""));
+  const Inputs in = make_inputs(c, seed);
+  std::vector<Tensor> kl = {in.q, in.k, in.v, in.ig, in.fg};
+  std::vector<Tensor> rl = {in.q.to(torch::kFloat32), in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg};
+  std::vector<std::string> names = {"dq", "dk", "dv", "dig", "dfg"};
+  if (c.init) {
+    for (const auto& t : {in.init.c, in.init.n, in.init.m}) {
+      kl.push_back(t);
+      rl.push_back(t);
+    }
+    names.insert(names.end(), {"dc0", "dn0", "dm0"});
+  }
+  for (auto& t : kl) t = t.detach().clone().requires_grad_(true);
+  for (auto& t : rl) t = t.detach().clone().requires_grad_(true);
+  auto state_of = [&](const std::vector<Tensor>& l) {
+    return c.init ? subq::ops::MlstmState{l[5], l[6], l[7]} : subq::ops::MlstmState{};
+  };
+  const auto got = subq::ops::mlstm_cuda(kl[0], kl[1], kl[2], kl[3], kl[4], state_of(kl), in.reset);
+  const auto want = subq::ops::mlstm_chunkwise(rl[0], rl[1], rl[2], rl[3], rl[4], state_of(rl), in.reset, 64);
+  const Tensor Wh = subq::test::randn(want.h.sizes(), seed + 11).to(torch::kCUDA, c.dtype).to(torch::kFloat32);
+  const Tensor Wc = subq::test::randn(want.state.c.sizes(), seed + 12).to(torch::kCUDA, torch::kFloat32);
+  auto loss = [&](const subq::ops::MlstmResult& r) {
+    Tensor l = (r.h.to(torch::kFloat32) * Wh).sum();
+    if (state_loss) l = l + (r.state.c * Wc).sum() + r.state.n.sum() + r.state.m.sum();
+    return l;
+  };
+  const auto gk = torch::autograd::grad({loss(got)}, kl);
+  const auto gr = torch::autograd::grad({loss(want)}, rl);
+  Report rep;
+  rep.add("h", got.h, want.h, 5e-3);
+  for (size_t i = 0; i < kl.size(); ++i) {
+    REQUIRE(gk[i].defined());
+    CHECK(gk[i].scalar_type() == kl[i].scalar_type());
+    rep.add(names[i], gk[i], gr[i], 1e-2);
+  }
+  rep.check(subq::str("gradients ", describe(c), state_loss ? " state loss (recompute)" : " (kernels)"));
+}
+
+}  // namespace
+
+TEST_CASE("mlstm kernels match the reference: h and final state", "[gpu][mlstm]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
+  const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {128, 128}, {128, 256}, {256, 256}, {256, 64}};
+  uint64_t seed = 100;
+  for (int64_t t : {1, 63, 64, 65, 1000, 4096}) {
+    for (const auto& [dk, dv] : dims) {
+      Case plain;
+      plain.t = t;
+      plain.dk = dk;
+      plain.dv = dv;
+      compare_forward(plain, seed += 100);
+      Case full = plain;  // initial state, packed documents, closing gates
+      full.h = 3;
+      full.init = full.reset = full.closing = true;
+      compare_forward(full, seed += 100);
+    }
+  }
+  Case f16;
+  f16.dtype = torch::kFloat16;
+  f16.t = 1000;
+  f16.dk = 128;
+  f16.dv = 256;
+  f16.init = f16.reset = true;
+  compare_forward(f16, 9100);
+  Case big;  // the benchmark shape's heads at a shorter length
+  big.b = 2;
+  big.h = 16;
+  big.t = 2048;
+  big.dk = big.dv = 128;
+  compare_forward(big, 9200);
+}
+
+TEST_CASE("mlstm backward kernels match the reference's gradients", "[gpu][mlstm]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
+  const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {128, 128}, {128, 256}, {256, 256}, {256, 64}};
+  uint64_t seed = 20000;
+  for (int64_t t : {1, 63, 65, 1000, 4096}) {
+    for (const auto& [dk, dv] : dims) {
+      Case plain;
+      plain.t = t;
+      plain.dk = dk;
+      plain.dv = dv;
+      compare_grads(plain, seed += 100, false);
+      Case full = plain;
+      full.h = 3;
+      full.init = full.reset = full.closing = true;
+      compare_grads(full, seed += 100, false);
+    }
+  }
+  Case f16;
+  f16.dtype = torch::kFloat16;
+  f16.t = 700;
+  f16.dk = 128;
+  f16.dv = 256;
+  f16.init = f16.reset = true;
+  compare_grads(f16, 29000, false);
+  Case st;  // a loss on the final state: the recompute backward
+  st.t = 300;
+  st.dk = 128;
+  st.dv = 256;
+  st.init = st.reset = true;
+  compare_grads(st, 29100, true);
+}
+
+TEST_CASE("mlstm kernels read strided inputs in place (the xLSTM layer's layout) and copy misaligned ones",
+          "[gpu][mlstm]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
+  torch::NoGradGuard ng;
+  const int64_t bs = 2, T = 300, H = 4, Dk = 64, Dv = 128, width = H * (2 * Dk + Dv);
+  const Tensor proj = subq::test::randn({bs, T, width + 8}, 21).to(torch::kCUDA, torch::kBFloat16);
+  const Tensor ig = subq::test::randn({bs, T, H}, 22).to(torch::kCUDA, torch::kFloat32).transpose(1, 2);
+  const Tensor fg = subq::test::randn({bs, T, H}, 23, 1.0, 3.0).to(torch::kCUDA, torch::kFloat32).transpose(1, 2);
+  for (int64_t offset : {0, 1}) {
+    INFO("offset " << offset);
+    const Tensor base = proj.narrow(-1, offset, width);
+    const Tensor q = base.narrow(-1, 0, H * Dk).view({bs, T, H, Dk}).transpose(1, 2);
+    const Tensor k = base.narrow(-1, H * Dk, H * Dk).view({bs, T, H, Dk}).transpose(1, 2);
+    const Tensor v = base.narrow(-1, 2 * H * Dk, H * Dv).view({bs, T, H, Dv}).transpose(1, 2);
+    REQUIRE(!q.is_contiguous());
+    const auto strided = subq::ops::mlstm_cuda(q, k, v, ig, fg);
+    const auto packed = subq::ops::mlstm_cuda(q.contiguous(), k.contiguous(), v.contiguous(), ig.contiguous(),
+                                              fg.contiguous());
+    CHECK(torch::equal(strided.h, packed.h));
+    CHECK(torch::equal(strided.state.c, packed.state.c));
+    const auto ref = subq::ops::mlstm_chunkwise(q.to(torch::kFloat32), k.to(torch::kFloat32), v.to(torch::kFloat32), ig, fg);
+    Report rep;
+    rep.add("h", strided.h, ref.h, 5e-3);
+    rep.add("C", strided.state.c, ref.state.c, 5e-3);
+    rep.check(subq::str("strided offset ", offset));
+  }
+}
+
+TEST_CASE("mlstm dispatch follows SUBQ_OPS_IMPL", "[gpu][mlstm]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
+  Case c;
+  c.t = 200;
+  c.init = c.reset = true;
+  const Inputs in = make_inputs(c, 77);
+  const char* prev = std::getenv("SUBQ_OPS_IMPL");
+  const std::string saved = prev ? prev : "";
+  auto set = [](const char* v) { ::setenv("SUBQ_OPS_IMPL", v, 1); };
+  subq::ops::MlstmResult kernel, chunk;
+  {
+    torch::NoGradGuard ng;
+    kernel = subq::ops::mlstm_cuda(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset);
+    chunk = subq::ops::mlstm_chunkwise(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
+    ::unsetenv("SUBQ_OPS_IMPL");
+    auto r = subq::ops::mlstm(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
+    CHECK(torch::equal(r.h, kernel.h));
+    set("reference");
+    r = subq::ops::mlstm(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
+    CHECK(torch::equal(r.h, chunk.h));
+    set("cuda");
+    r = subq::ops::mlstm(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
+    CHECK(torch::equal(r.h, kernel.h));
+    const Tensor q32 = in.q.to(torch::kFloat32);
+    CHECK_THROWS_AS(subq::ops::mlstm(q32, in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg),
+                    subq::InputError);
+  }
+  set("auto");  // gradients needed: still the kernels (forward and backward)
+  const Tensor q = in.q.detach().clone().requires_grad_(true);
+  auto r = subq::ops::mlstm(q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
+  CHECK(torch::equal(r.h.detach(), kernel.h));
+  set("reference");
+  r = subq::ops::mlstm(q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
+  CHECK(torch::equal(r.h.detach(), chunk.h));
+  if (prev)
+    set(saved.c_str());
+  else
+    ::unsetenv("SUBQ_OPS_IMPL");
+}
+
+TEST_CASE("mlstm decode kernel matches mlstm_step; decoding T tokens matches the sequence kernel", "[gpu][mlstm]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
+  torch::NoGradGuard ng;
+  using subq::test::randn;
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    for (const auto& [dk, dv] : std::vector<std::pair<int64_t, int64_t>>{{64, 64}, {128, 256}, {256, 256}, {40, 72}}) {
+      INFO(c10::toString(dtype) << " Dk " << dk << " Dv " << dv);
+      const int64_t bs = 3, H = 4;
+      const Tensor q = randn({bs, H, dk}, 31).to(torch::kCUDA, dtype), k = randn({bs, H, dk}, 32).to(torch::kCUDA, dtype);
+      const Tensor v = randn({bs, H, dv}, 33).to(torch::kCUDA, dtype);
+      const Tensor ig = randn({bs, H}, 34, 2.0).to(torch::kCUDA, torch::kFloat32);
+      const Tensor fg = randn({bs, H}, 35, 2.0, 1.0).to(torch::kCUDA, torch::kFloat32);
+      const subq::ops::MlstmState s = {randn({bs, H, dk, dv}, 36).to(torch::kCUDA, torch::kFloat32),
+                                       randn({bs, H, dk}, 37).to(torch::kCUDA, torch::kFloat32),
+                                       randn({bs, H}, 38).to(torch::kCUDA, torch::kFloat32)};
+      const Tensor reset = torch::tensor({false, true, false}).to(torch::kCUDA);
+      const double tol = dtype == torch::kFloat32 ? 1e-5 : 5e-3;
+      Report rep;
+      auto kr = subq::ops::mlstm_step_cuda(q, k, v, ig, fg, s, reset);
+      auto rr = subq::ops::mlstm_step(q, k, v, ig, fg, s, reset);
+      rep.add("h", kr.h, rr.h, tol);
+      rep.add("C", kr.state.c, rr.state.c, 1e-5);
+      rep.add("n", kr.state.n, rr.state.n, 1e-5);
+      rep.add("m", kr.state.m, rr.state.m, 1e-6);
+      auto k0 = subq::ops::mlstm_step_cuda(q, k, v, ig, fg);
+      auto r0 = subq::ops::mlstm_step(q, k, v, ig, fg);
+      rep.add("h_zero_state", k0.h, r0.h, tol);
+      rep.check(subq::str("decode ", c10::toString(dtype), " Dk", dk, " Dv", dv));
+    }
+  }
+  Case c;  // T decode steps from an initial state == the sequence kernel's outputs and final state
+  c.t = 150;
+  c.h = 4;
+  c.dk = 128;
+  c.dv = 256;
+  c.init = true;
+  const Inputs in = make_inputs(c, 555);
+  const auto seq = subq::ops::mlstm_cuda(in.q, in.k, in.v, in.ig, in.fg, in.init);
+  subq::ops::MlstmState state = in.init;
+  std::vector<Tensor> hs;
+  for (int64_t t = 0; t < c.t; ++t) {
+    auto r = subq::ops::mlstm_decode(in.q.select(2, t), in.k.select(2, t), in.v.select(2, t), in.ig.select(2, t),
+                                     in.fg.select(2, t), state);
+    state = r.state;
+    hs.push_back(r.h);
+  }
+  Report rep;
+  rep.add("h", torch::stack(hs, 2), seq.h, 5e-3);
+  rep.add("C", state.c, seq.state.c, 5e-3);
+  rep.add("m", state.m, seq.state.m, 1e-5);
+  rep.check("decode 150 steps vs sequence kernel");
+}
+
+TEST_CASE("mlstm kernels keep packed documents apart", "[gpu][mlstm]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
+  torch::NoGradGuard ng;
+  Case c;
+  c.b = 1;
+  c.t = 300;
+  c.dk = 128;
+  c.dv = 128;
+  c.init = true;
+  const Inputs in = make_inputs(c, 4242);
+  const int64_t start = 117;
+  Tensor reset = torch::zeros({1, c.t}, torch::TensorOptions().dtype(torch::kBool).device(torch::kCUDA));
+  reset.index_put_({0, start}, true);
+  const auto packed = subq::ops::mlstm_cuda(in.q, in.k, in.v, in.ig, in.fg, in.init, reset);
+  auto tail = [&](const Tensor& t) { return t.narrow(2, start, c.t - start); };
+  const auto alone = subq::ops::mlstm_cuda(tail(in.q), tail(in.k), tail(in.v), tail(in.ig), tail(in.fg));
+  Report rep;
+  rep.add("h_doc2", tail(packed.h), alone.h, 5e-3);
+  rep.add("C", packed.state.c, alone.state.c, 5e-3);
+  rep.add("m", packed.state.m, alone.state.m, 1e-5);
+  Tensor q2 = in.q.clone();
+  q2.narrow(2, 0, start).normal_();
+  const auto changed = subq::ops::mlstm_cuda(q2, in.k, in.v, in.ig, in.fg, in.init, reset);
+  CHECK(torch::equal(tail(changed.h), tail(packed.h)));
+  CHECK(torch::equal(changed.state.c, packed.state.c));
+  rep.check("packed documents");
+}
