@@ -289,9 +289,13 @@ TEST_CASE("mlstm dispatch follows SUBQ_OPS_IMPL", "[gpu][mlstm]") {
     CHECK_THROWS_AS(subq::ops::mlstm(q32, in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg),
                     subq::InputError);
   }
-  set("auto");  // gradients needed: still the kernels (forward and backward)
+  // gradients needed: auto keeps the reference until the backward kernels pass on the GPU; cuda forces them
   const Tensor q = in.q.detach().clone().requires_grad_(true);
+  set("auto");
   auto r = subq::ops::mlstm(q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
+  CHECK(torch::equal(r.h.detach(), chunk.h));
+  set("cuda");
+  r = subq::ops::mlstm(q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
   CHECK(torch::equal(r.h.detach(), kernel.h));
   set("reference");
   r = subq::ops::mlstm(q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);

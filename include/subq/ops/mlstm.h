@@ -80,7 +80,8 @@ MlstmResult mlstm_step(const torch::Tensor& q, const torch::Tensor& k, const tor
                        const torch::Tensor& reset = {});
 
 // The dispatching entry for sequences (what models call). With SUBQ_OPS_IMPL=auto (the default):
-// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty, else mlstm_chunkwise(..., chunk_size);
+// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty and no input needs a gradient (the backward
+// kernels have not yet passed their H200 test: docs/perf/mlstm.md), else mlstm_chunkwise(..., chunk_size);
 // =reference: always mlstm_chunkwise; =cuda: always mlstm_cuda (throws when unsupported). chunk_size
 // applies to the reference only (the kernels use 64). Same arguments, result and autograd behaviour as
 // mlstm_chunkwise (up to bf16 rounding).

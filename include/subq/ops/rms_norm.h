@@ -10,7 +10,7 @@
 // Mamba-2's gated group-wise norm.
 //
 // Dispatch (SUBQ_OPS_IMPL, see ops_impl.h): the kernel when rms_norm_cuda_unsupported() is empty (CUDA
-// tensors, D / groups <= 2048), else the reference. The kernel computes in fp32, keeps only x, z and
+// tensors, D / groups <= 2048), else the reference; =reference always the reference; =cuda like auto. The kernel computes in fp32, keeps only x, z and
 // the per-(row, group) r for the backward, and returns gradients for x, z and weight.
 //
 // Example:

@@ -41,7 +41,8 @@ struct ShortConvResult {
 
 // The dispatching entry (what models call). With SUBQ_OPS_IMPL=auto (default): short_conv_cuda when
 // short_conv_cuda_unsupported() is empty, else short_conv_parallel; =reference: always short_conv_parallel;
-// =cuda: always the kernel (throws InputError saying why when it cannot run).
+// =cuda: like auto (the variable forces the recurrence kernels; a model run that way may still have fp32
+// or cached convolutions, which take the reference).
 ShortConvResult short_conv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {},
                            bool silu = false, const torch::Tensor& cache = {}, const torch::Tensor& reset = {});
 

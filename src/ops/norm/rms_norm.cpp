@@ -186,10 +186,8 @@ Tensor rms_norm_cuda(const Tensor& x, const Tensor& weight, double eps, const Te
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& z, int64_t groups) {
   const OpsImpl impl = ops_impl();
   if (impl == OpsImpl::kReference) return rms_norm_reference(x, weight, eps, z, groups);
-  const std::string why = rms_norm_cuda_unsupported(x, weight, z, groups);
-  if (why.empty()) return rms_norm_cuda(x, weight, eps, z, groups);
-  if (impl == OpsImpl::kCuda)
-    throw InputError(str("rms_norm: SUBQ_OPS_IMPL=cuda but ", why, "; unset SUBQ_OPS_IMPL (auto) to fall back"));
+  // auto and cuda alike: the kernel where it can run, else the reference (see short_conv())
+  if (rms_norm_cuda_unsupported(x, weight, z, groups).empty()) return rms_norm_cuda(x, weight, eps, z, groups);
   return rms_norm_reference(x, weight, eps, z, groups);
 }
 

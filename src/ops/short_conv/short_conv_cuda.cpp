@@ -197,10 +197,9 @@ ShortConvResult short_conv(const Tensor& x, const Tensor& weight, const Tensor& 
                            const Tensor& reset) {
   const OpsImpl impl = ops_impl();
   if (impl == OpsImpl::kReference) return short_conv_parallel(x, weight, bias, silu, cache, reset);
-  const std::string why = short_conv_cuda_unsupported(x, weight, cache);
-  if (why.empty()) return short_conv_cuda(x, weight, bias, silu, reset);
-  if (impl == OpsImpl::kCuda)
-    throw InputError(str("short_conv: SUBQ_OPS_IMPL=cuda but ", why, "; unset SUBQ_OPS_IMPL (auto) to fall back"));
+  // auto and cuda alike: the kernel where it can run, else the reference (SUBQ_OPS_IMPL=cuda forces the
+  // recurrence kernels; a model run that way still has fp32 or cached convolutions)
+  if (short_conv_cuda_unsupported(x, weight, cache).empty()) return short_conv_cuda(x, weight, bias, silu, reset);
   return short_conv_parallel(x, weight, bias, silu, cache, reset);
 }
 
