@@ -33,6 +33,7 @@
 
 #include <cstdint>
 
+#include "ops/common/kernel_glue.h"
 #include "ops/common/chunk_decay.h"
 #include "ops/gated_delta/gated_delta_cuda.h"
 #include "ops/gated_delta/gated_delta_internal.h"
@@ -45,19 +46,14 @@ namespace subq::ops {
 namespace {
 
 using torch::Tensor;
+using detail::glue::stream_of;
+using detail::glue::ptr_or_null;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr int64_t kChunk = detail::kGdnMaxChunk;
 
-void* stream_of(const Tensor& t) {
-  return t.is_cuda() ? at::accelerator::getCurrentStream(t.device().index()).native_handle() : nullptr;
-}
 
-template <typename P>
-P* ptr_or_null(const Tensor& t) {
-  return t.defined() && t.numel() > 0 ? t.data_ptr<P>() : nullptr;
-}
 
 const detail::GatedDeltaLaunchers* launchers_of(AutogradContext* ctx) {
   return reinterpret_cast<const detail::GatedDeltaLaunchers*>(ctx->saved_data["launchers"].toInt());
