@@ -290,12 +290,7 @@ SsdResult ssd_step_cuda(const torch::Tensor& x_t, const torch::Tensor& dt_t, con
                         const torch::Tensor& B_t, const torch::Tensor& C_t, const torch::Tensor& D,
                         const torch::Tensor& state) {
   const std::string op = "ssd_step_cuda";
-  detail::check_float(op, "x_t", x_t);
-  detail::check_float(op, "B_t", B_t);
-  if (x_t.dim() != 3) throw InputError(str(op, ": x_t has ", x_t.dim(), " dimensions; expected [B, H, P]"));
-  if (B_t.dim() != 3) throw InputError(str(op, ": B_t has ", B_t.dim(), " dimensions; expected [B, G, N]"));
-  detail::SsdDims d = detail::ssd_check(op, x_t.unsqueeze(2), dt_t.defined() ? dt_t.unsqueeze(-1) : dt_t, A,
-                                        B_t.unsqueeze(2), C_t.defined() ? C_t.unsqueeze(2) : C_t, D, state, {});
+  detail::SsdDims d = detail::ssd_step_check(op, x_t, dt_t, A, B_t, C_t, D, state);
   if (!detail::ssd_cuda_built()) throw InputError(str(op, ": this build has no CUDA kernels; use ssd_step()"));
   if (!x_t.is_cuda()) throw InputError(str(op, ": the inputs are on ", x_t.device(), "; use ssd_step() off the GPU"));
   const auto st = x_t.scalar_type();
