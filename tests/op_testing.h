@@ -33,6 +33,31 @@ namespace subq::test {
 
 using ScalarFn = std::function<torch::Tensor(const std::vector<torch::Tensor>&)>;
 
+// SUBQ_OPS_IMPL (the ops' dispatch, subq/ops/ops_impl.h) for the scope of a test: set(v) sets it, set(nullptr)
+// unsets it, and the destructor restores what the process had — also when a REQUIRE or an exception
+// leaves the test early.
+class OpsImplEnv {
+ public:
+  OpsImplEnv() {
+    const char* v = std::getenv("SUBQ_OPS_IMPL");
+    had_ = v != nullptr;
+    if (had_) saved_ = v;
+  }
+  OpsImplEnv(const OpsImplEnv&) = delete;
+  OpsImplEnv& operator=(const OpsImplEnv&) = delete;
+  ~OpsImplEnv() { set(had_ ? saved_.c_str() : nullptr); }
+  void set(const char* v) const {
+    if (v)
+      ::setenv("SUBQ_OPS_IMPL", v, 1);
+    else
+      ::unsetenv("SUBQ_OPS_IMPL");
+  }
+
+ private:
+  bool had_ = false;
+  std::string saved_;
+};
+
 inline const bool kOpTestsSingleThreaded = [] {
   torch::set_num_threads(1);
   return true;

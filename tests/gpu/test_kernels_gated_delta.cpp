@@ -205,15 +205,14 @@ TEST_CASE("gated_delta dispatch follows SUBQ_OPS_IMPL", "[gpu][gated_delta]") {
   c.t = 200;
   c.init = c.reset = true;
   const Inputs in = make_inputs(c, 77);
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  auto set = [](const char* v) { ::setenv("SUBQ_OPS_IMPL", v, 1); };
+  subq::test::OpsImplEnv env;
+  auto set = [&env](const char* v) { env.set(v); };
   torch::NoGradGuard ng;
   subq::ops::GatedDeltaOptions o32;
   o32.chunk_size = 32;
   const auto kernel = subq::ops::gated_delta_cuda(in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset);
   const auto chunk = subq::ops::gated_delta_chunkwise(in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset, o32);
-  ::unsetenv("SUBQ_OPS_IMPL");
+  env.set(nullptr);
   auto r = subq::ops::gated_delta(in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset, o32);
   CHECK(torch::equal(r.o, kernel.o));
   set("auto");
@@ -235,10 +234,6 @@ TEST_CASE("gated_delta dispatch follows SUBQ_OPS_IMPL", "[gpu][gated_delta]") {
   CHECK(torch::equal(r.o, subq::ops::gated_delta_chunkwise(in.q, in.k, v48, in.g, in.beta, {}, {}, o32).o));
   set("triton");
   CHECK_THROWS_AS(subq::ops::gated_delta(in.q, in.k, in.v, in.g, in.beta), subq::UsageError);
-  if (prev)
-    set(saved.c_str());
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }
 
 TEST_CASE("gated_delta decode kernel matches gated_delta_step; T decode steps match the sequence path",
@@ -352,14 +347,13 @@ TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients
   const Tensor tok = torch::randint(0, 301, {2, 300}, i64);
   Tensor doc = torch::zeros({2, 300}, torch::TensorOptions().dtype(torch::kBool).device(torch::kCUDA));
   doc.index_put_({0, 100}, true);
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
+  subq::test::OpsImplEnv env;
   struct Out {
     Tensor logits;
     std::vector<Tensor> grads;
   };
   auto run = [&](const char* impl, bool autocast) {
-    ::setenv("SUBQ_OPS_IMPL", impl, 1);
+    env.set(impl);
     m->zero_grad();
     Out o;
     {
@@ -391,7 +385,7 @@ TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients
   rep.line += subq::str(" worst_grad_error_over_allowed ", worst_excess, " (reference-autocast logits error ", e_ref, ")");
   // decoding through the kernels (prefill + decode steps) equals the full forward through the kernels
   {
-    ::setenv("SUBQ_OPS_IMPL", "cuda", 1);
+    env.set("cuda");
     torch::NoGradGuard ng;
     const Tensor t1 = tok.narrow(0, 0, 1);
     const Tensor full = m->forward(t1);
@@ -400,9 +394,5 @@ TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients
     for (int64_t t = 250; t < 300; ++t) parts.push_back(m->step(t1.narrow(1, t, 1), *st));
     rep.add("decode_vs_full", torch::cat(parts, 1), full, 1e-4);
   }
-  if (prev)
-    ::setenv("SUBQ_OPS_IMPL", saved.c_str(), 1);
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
   rep.check("gdn model bf16 autocast, kernels vs references");
 }

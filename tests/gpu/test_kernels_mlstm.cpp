@@ -268,15 +268,14 @@ TEST_CASE("mlstm dispatch follows SUBQ_OPS_IMPL", "[gpu][mlstm]") {
   c.t = 200;
   c.init = c.reset = true;
   const Inputs in = make_inputs(c, 77);
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  auto set = [](const char* v) { ::setenv("SUBQ_OPS_IMPL", v, 1); };
+  subq::test::OpsImplEnv env;
+  auto set = [&env](const char* v) { env.set(v); };
   subq::ops::MlstmResult kernel, chunk;
   {
     torch::NoGradGuard ng;
     kernel = subq::ops::mlstm_cuda(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset);
     chunk = subq::ops::mlstm_chunkwise(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
-    ::unsetenv("SUBQ_OPS_IMPL");
+    env.set(nullptr);
     auto r = subq::ops::mlstm(in.q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
     CHECK(torch::equal(r.h, kernel.h));
     set("reference");
@@ -300,10 +299,6 @@ TEST_CASE("mlstm dispatch follows SUBQ_OPS_IMPL", "[gpu][mlstm]") {
   set("reference");
   r = subq::ops::mlstm(q, in.k, in.v, in.ig, in.fg, in.init, in.reset, 32);
   CHECK(torch::equal(r.h.detach(), chunk.h));
-  if (prev)
-    set(saved.c_str());
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }
 
 TEST_CASE("mlstm decode kernel matches mlstm_step; decoding T tokens matches the sequence kernel", "[gpu][mlstm]") {

@@ -257,13 +257,12 @@ TEST_CASE("ssd dispatch follows SUBQ_OPS_IMPL", "[gpu][ssd]") {
   c.t = 200;
   c.init = c.reset = true;
   const Inputs in = make_inputs(c, 77);
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  auto set = [](const char* v) { ::setenv("SUBQ_OPS_IMPL", v, 1); };
+  subq::test::OpsImplEnv env;
+  auto set = [&env](const char* v) { env.set(v); };
   torch::NoGradGuard ng;
   const auto kernel = subq::ops::ssd_cuda(in.x, in.dt, in.A, in.B, in.C, in.D, in.h0, in.reset);
   const auto chunk = subq::ops::ssd_chunkwise(in.x, in.dt, in.A, in.B, in.C, in.D, in.h0, in.reset, 32);
-  ::unsetenv("SUBQ_OPS_IMPL");
+  env.set(nullptr);
   auto r = subq::ops::ssd(in.x, in.dt, in.A, in.B, in.C, in.D, in.h0, in.reset, 32);
   CHECK(torch::equal(r.y, kernel.y));
   set("auto");
@@ -285,10 +284,6 @@ TEST_CASE("ssd dispatch follows SUBQ_OPS_IMPL", "[gpu][ssd]") {
   CHECK(torch::equal(r.y, ref32.y));
   set("triton");
   CHECK_THROWS_AS(subq::ops::ssd(in.x, in.dt, in.A, in.B, in.C), subq::UsageError);
-  if (prev)
-    set(saved.c_str());
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }
 
 TEST_CASE("ssd decode kernel matches ssd_step; decoding T tokens matches the sequence kernel", "[gpu][ssd]") {
