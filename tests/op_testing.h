@@ -24,7 +24,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "subq_catch.h"
@@ -73,6 +75,41 @@ inline double rel_rms(const torch::Tensor& a, const torch::Tensor& b) {
   const double nd = (ad - bd).norm().item<double>();
   return nb > 0 ? nd / nb : nd;
 }
+
+// Relative RMS errors of one kernel-vs-reference comparison, printed as one line tagged `tag` (so a
+// failing GPU log says which tensor, shape and setting went wrong) and checked afterwards; a missing or
+// mis-shaped tensor counts as NaN, which never passes.
+class ErrorReport {
+ public:
+  explicit ErrorReport(std::string tag) : tag_(std::move(tag)) {}
+  void add(const std::string& name, const torch::Tensor& got, const torch::Tensor& want, double tol) {
+    double e = std::nan("");
+    if (got.defined() && want.defined() && got.sizes() == want.sizes()) e = rel_rms(got, want);
+    add_value(name, e, tol);
+  }
+  // An error computed by the caller (another criterion), with an optional note for the printed line.
+  void add_value(const std::string& name, double error, double tol, const std::string& note = "") {
+    std::ostringstream o;
+    o << " " << name << " " << error << note;
+    line_ += o.str();
+    errs_.emplace_back(name, error);
+    tols_.push_back(tol);
+  }
+  void check(const std::string& what) const {
+    std::printf("[%s] %s:%s\n", tag_.c_str(), what.c_str(), line_.c_str());
+    std::fflush(stdout);
+    for (size_t i = 0; i < errs_.size(); ++i) {
+      INFO(what << ": " << errs_[i].first << " relative RMS error " << errs_[i].second << " (tolerance " << tols_[i]
+                << ")");
+      CHECK(errs_[i].second < tols_[i]);
+    }
+  }
+
+ private:
+  std::string tag_, line_;
+  std::vector<std::pair<std::string, double>> errs_;
+  std::vector<double> tols_;
+};
 
 // Requires `actual` finite, of `expected`'s shape, and rel_rms(actual, expected) < tol.
 inline void require_close(const std::string& what, const torch::Tensor& actual, const torch::Tensor& expected,

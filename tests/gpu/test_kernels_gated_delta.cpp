@@ -82,26 +82,8 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   return in;
 }
 
-struct Report {
-  std::string line;
-  std::vector<std::pair<std::string, double>> errs;
-  std::vector<double> tols;
-  void add(const std::string& name, const Tensor& got, const Tensor& want, double tol) {
-    double e = std::nan("");
-    if (got.defined() && want.defined() && got.sizes() == want.sizes()) e = rel_rms(got, want);
-    line += subq::str(" ", name, " ", e);
-    errs.emplace_back(name, e);
-    tols.push_back(tol);
-  }
-  void check(const std::string& what) {
-    std::printf("[gated-delta-kernel] %s:%s\n", what.c_str(), line.c_str());
-    std::fflush(stdout);
-    for (size_t i = 0; i < errs.size(); ++i) {
-      INFO(what << ": " << errs[i].first << " relative RMS error " << errs[i].second << " (tolerance " << tols[i]
-                << ")");
-      CHECK(errs[i].second < tols[i]);
-    }
-  }
+struct Report : subq::test::ErrorReport {
+  Report() : ErrorReport("gated-delta-kernel") {}
 };
 
 void compare_case(const Case& c, uint64_t seed) {
@@ -380,9 +362,8 @@ TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients
     const double ek = rel_rms(kern.grads[i], truth.grads[i]), er = rel_rms(ref.grads[i], truth.grads[i]);
     worst_excess = std::max(worst_excess, ek / std::max(2 * er, 1e-2));
   }
-  rep.errs.emplace_back("worst_grad_error_over_allowed", worst_excess);
-  rep.tols.push_back(1.0);
-  rep.line += subq::str(" worst_grad_error_over_allowed ", worst_excess, " (reference-autocast logits error ", e_ref, ")");
+  rep.add_value("worst_grad_error_over_allowed", worst_excess, 1.0,
+                subq::str(" (reference-autocast logits error ", e_ref, ")"));
   // decoding through the kernels (prefill + decode steps) equals the full forward through the kernels
   {
     env.set("cuda");

@@ -79,27 +79,8 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   return in;
 }
 
-struct Report {
-  std::string line;
-  std::vector<std::pair<std::string, double>> errs;
-  std::vector<double> tols;
-  void add(const std::string& name, const Tensor& got, const Tensor& want, double tol) {
-    double e = std::nan("");
-    if (got.defined() && want.defined() && got.sizes() == want.sizes())
-      e = rel_rms(got.to(torch::kFloat32), want.to(torch::kFloat32));
-    line += subq::str(" ", name, " ", e);
-    errs.emplace_back(name, e);
-    tols.push_back(tol);
-  }
-  void check(const std::string& what) {
-    std::printf("[mlstm-kernel] %s:%s\n", what.c_str(), line.c_str());
-    std::fflush(stdout);
-    for (size_t i = 0; i < errs.size(); ++i) {
-      INFO(what << ": " << errs[i].first << " relative RMS error " << errs[i].second << " (tolerance " << tols[i]
-                << ")");
-      CHECK(errs[i].second < tols[i]);
-    }
-  }
+struct Report : subq::test::ErrorReport {
+  Report() : ErrorReport("mlstm-kernel") {}
 };
 
 subq::ops::MlstmResult reference(const Inputs& in) {
