@@ -138,6 +138,18 @@ inline torch::Tensor rand_mask(at::IntArrayRef shape, uint64_t seed, double p) {
   return at::rand(shape, gen, torch::TensorOptions().dtype(torch::kDouble)).lt(p);
 }
 
+// Packed-document flags [b, t] for the chunked kernels' tests: ~2% random starts plus starts at the awkward
+// places of a 64-token chunking (a chunk's last and first token, just after a boundary, the last token) in
+// row 0, and a start at t = 0 in row 1 (which discards an initial state).
+inline torch::Tensor chunk_edge_resets(int64_t b, int64_t t, uint64_t seed) {
+  torch::Tensor r = rand_mask({b, t}, seed, 0.02);
+  auto a = r.accessor<bool, 2>();
+  for (int64_t pos : {int64_t{63}, int64_t{64}, int64_t{66}, int64_t{130}, t - 1})
+    if (pos > 0 && pos < t) a[0][pos] = true;
+  if (b > 1) a[1][0] = true;
+  return r;
+}
+
 // sum_i <outs[i], w_i> with fixed random w_i (seeded by position): a scalar that depends on every output
 // element, for gradient comparisons.
 inline torch::Tensor project(const std::vector<torch::Tensor>& outs, uint64_t seed = 1234) {

@@ -52,15 +52,6 @@ struct Inputs {
   Tensor q, k, v, g, beta, s0, reset;  // on the GPU; q, k, v in the case's dtype, the rest fp32
 };
 
-Tensor make_reset(int64_t b, int64_t t, uint64_t seed) {
-  Tensor r = subq::test::rand_mask({b, t}, seed, 0.02);
-  auto a = r.accessor<bool, 2>();
-  for (int64_t pos : {int64_t{63}, int64_t{64}, int64_t{66}, int64_t{130}, t - 1})
-    if (pos > 0 && pos < t) a[0][pos] = true;
-  if (b > 1) a[1][0] = true;
-  return r;
-}
-
 Inputs make_inputs(const Case& c, uint64_t seed) {
   using subq::test::randn;
   auto dev = torch::kCUDA;
@@ -78,7 +69,7 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   in.g = (c.fast ? -torch::softplus(z) : -torch::softplus(z * 0.5 - 4.0)).to(dev, torch::kFloat32);
   in.beta = (torch::sigmoid(randn({c.b, c.h, c.t}, seed + 5)) * (c.neg ? 2.0 : 1.0)).to(dev, torch::kFloat32);
   if (c.init) in.s0 = randn({c.b, c.h, c.dv, c.dk}, seed + 6, 0.5).to(dev, torch::kFloat32);
-  if (c.reset) in.reset = make_reset(c.b, c.t, seed + 7).to(dev);
+  if (c.reset) in.reset = subq::test::chunk_edge_resets(c.b, c.t, seed + 7).to(dev);
   return in;
 }
 

@@ -50,15 +50,6 @@ struct Inputs {
   subq::ops::MlstmState init;
 };
 
-Tensor make_reset(int64_t b, int64_t t, uint64_t seed) {
-  Tensor r = subq::test::rand_mask({b, t}, seed, 0.02);
-  auto a = r.accessor<bool, 2>();
-  for (int64_t pos : {int64_t{63}, int64_t{64}, int64_t{66}, int64_t{130}, t - 1})
-    if (pos > 0 && pos < t) a[0][pos] = true;
-  if (b > 1) a[1][0] = true;
-  return r;
-}
-
 // open: the xLSTM regime (forget gates near 1, f~ ~ N(3, 1); input gates ~ N(0, 2)): the state lives over
 // many chunks. closing: f~ ~ N(0, 3), input gates ~ N(0, 4): the stabiliser switches between its branches
 // all the time.
@@ -75,7 +66,7 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
     in.init = {randn({c.b, c.h, c.dk, c.dv}, seed + 6).to(dev, torch::kFloat32),
                randn({c.b, c.h, c.dk}, seed + 7).to(dev, torch::kFloat32),
                randn({c.b, c.h}, seed + 8).to(dev, torch::kFloat32)};
-  if (c.reset) in.reset = make_reset(c.b, c.t, seed + 9).to(dev);
+  if (c.reset) in.reset = subq::test::chunk_edge_resets(c.b, c.t, seed + 9).to(dev);
   return in;
 }
 

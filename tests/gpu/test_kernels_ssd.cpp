@@ -48,17 +48,6 @@ struct Inputs {
   Tensor x, dt, A, B, C, D, h0, reset;  // on the GPU; x, B, C in the case's dtype, the rest fp32
 };
 
-// Packed documents: ~2% random starts plus starts at awkward places (a chunk boundary, right before and
-// after it, t = 0 of row 1 (drops the initial state), the last token).
-Tensor make_reset(int64_t b, int64_t t, uint64_t seed) {
-  Tensor r = subq::test::rand_mask({b, t}, seed, 0.02);
-  auto a = r.accessor<bool, 2>();
-  for (int64_t pos : {int64_t{63}, int64_t{64}, int64_t{66}, int64_t{130}, t - 1})
-    if (pos > 0 && pos < t) a[0][pos] = true;
-  if (b > 1) a[1][0] = true;
-  return r;
-}
-
 Inputs make_inputs(const Case& c, uint64_t seed) {
   using subq::test::randn;
   auto dev = torch::kCUDA;
@@ -74,7 +63,7 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   in.A = (c.fast ? -(1.0 + 15.0 * u) : -(0.05 + u)).to(dev, torch::kFloat32);
   if (c.D) in.D = randn({c.h}, seed + 6).to(dev, torch::kFloat32);
   if (c.init) in.h0 = randn({c.b, c.h, c.p, c.n}, seed + 7).to(dev, torch::kFloat32);
-  if (c.reset) in.reset = make_reset(c.b, c.t, seed + 8).to(dev);
+  if (c.reset) in.reset = subq::test::chunk_edge_resets(c.b, c.t, seed + 8).to(dev);
   return in;
 }
 
