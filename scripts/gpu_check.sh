@@ -5,7 +5,8 @@
 # smoke test on the GPU, time the 340M configs' training (gpu_bench_train.sh). Logs and summary.txt go to
 # $OUT (or ./gpu-check-out). Exit status is non-zero when any step failed.
 #   SUBQ_CHECK_LABELS   ctest labels to run (default "cpu|gpu"; "gpu" when CI already ran the CPU suite)
-#   SUBQ_SMOKE=0        skip the smoke run;  SUBQ_BENCH_TRAIN=0  skip the training benchmarks
+#   SUBQ_SMOKE=0        skip the smoke run;  SUBQ_BENCH_TRAIN=0  skip the training benchmarks;
+#   SUBQ_BENCH_OPS=0    skip the op benchmarks
 #   SUBQ_CHECK_BUDGET_S wall-clock budget: every step gets at most what is left of it (default: none), so
 #                       a limited device session still returns the steps' logs
 #   SUBQ_CHECK_PACK=1   keep $OUT to three files — summary.txt, check.log and results.tar.gz (the benches'
@@ -62,7 +63,7 @@ if [ -x "$BUILD/apps/subq" ]; then
   echo "$LAST_LOG" >> "$summary"
   step tests ctest --test-dir "$BUILD" -L "${SUBQ_CHECK_LABELS:-cpu|gpu}" --output-on-failure -j 8
   echo "$LAST_LOG" | grep -E "tests passed|tests failed|^\s+[0-9]+ - " | tee -a "$summary"
-  if [ -x scripts/gpu_bench_ops.sh ]; then
+  if [ "${SUBQ_BENCH_OPS:-1}" != 0 ] && [ -x scripts/gpu_bench_ops.sh ]; then
     step bench-ops env SUBQ="$BUILD/apps/subq" OUT="$RES" scripts/gpu_bench_ops.sh
     echo "$LAST_LOG" | grep -E "\] B[0-9]+ T[0-9]+" | tee -a "$summary"
   fi
