@@ -60,14 +60,16 @@ struct Fwd {
   static void run(const RmsNormArgs& a) {
     const dim3 grid(static_cast<unsigned>((a.rows + subq::ops::detail::kNormWarps - 1) / subq::ops::detail::kNormWarps),
                     static_cast<unsigned>(a.groups));
-    emu::launch(grid, dim3(k::kThreads), 0, [&] { k::rms_norm_fwd_kernel<X, O>(a); }, g_opt);
+    const k::NormKernel kernel = k::fwd_kernel_for<X, O>(a);
+    emu::launch(grid, dim3(k::kThreads), 0, [&] { kernel(a); }, g_opt);
   }
 };
 template <typename X, typename O>
 struct Bwd {
   static void run(const RmsNormArgs& a) {
     const dim3 grid(static_cast<unsigned>(a.parts_blocks), static_cast<unsigned>(a.groups));
-    emu::launch(grid, dim3(k::kThreads), 0, [&] { k::rms_norm_bwd_kernel<X, O>(a); }, g_opt);
+    const k::NormKernel kernel = k::bwd_kernel_for<X, O>(a);
+    emu::launch(grid, dim3(k::kThreads), 0, [&] { kernel(a); }, g_opt);
   }
 };
 void emu_fwd(const RmsNormArgs& a, void*) { by_dtype<Fwd>(a); }
@@ -90,6 +92,9 @@ TEST_CASE("RMS-norm kernels (CPU emulation) match rms_norm_reference: out, dx, d
       {{2, 3, 2048}, 1, true, torch::kBFloat16, torch::kFloat32},   // a 2048-feature group (64 per lane)
       {{1, 9, 40}, 2, true, torch::kFloat16, torch::kFloat16},      // D not a multiple of 32, fp16 out
       {{5, 1, 48}, 1, false, torch::kBFloat16, torch::kBFloat16},   // bf16 out
+      {{2, 3, 520}, 1, true, torch::kBFloat16, torch::kFloat32},    // 65 packs: 4 per lane, the last ragged
+      {{2, 2, 1024}, 1, false, torch::kFloat32, torch::kFloat32},   // the 340M block norm (fp32, 4 packs/lane)
+      {{3, 2, 256}, 2, true, torch::kFloat16, torch::kFloat16},     // groups of 128: one pack per lane, half idle
   };
   uint64_t seed = 77;
   for (const auto& c : cases) {
@@ -132,8 +137,9 @@ TEST_CASE("RMS-norm kernels (CPU emulation) match rms_norm_reference: out, dx, d
 }
 
 TEST_CASE("RMS-norm kernel backward: more rows than warps (grid-stride dweight sums)", "[ops][norm][kernels]") {
-  // 264 blocks x 4 warps = 1056 warps; 1100 rows makes some warps take two rows
-  const Tensor x = subq::test::randn({1100, 32}, 5).to(torch::kFloat32);
+  // kNormBwdBlocks (396) blocks x 4 warps = 1584 warps; 2200 rows makes some warps take two rows
+  static_assert(subq::ops::detail::kNormBwdBlocks * subq::ops::detail::kNormWarps < 2200);
+  const Tensor x = subq::test::randn({2200, 32}, 5).to(torch::kFloat32);
   const Tensor w = subq::test::randn({32}, 6).to(torch::kFloat32);
   Tensor xl = x.clone().requires_grad_(true), wl = w.clone().requires_grad_(true);
   const Tensor out = subq::ops::detail::rms_norm_with_kernels(kEmulated, xl, wl, 1e-6, {}, 1);
@@ -143,5 +149,28 @@ TEST_CASE("RMS-norm kernel backward: more rows than warps (grid-stride dweight s
   subq::ops::rms_norm_reference(xr, wr, 1e-6).sum().backward();
   CHECK(subq::test::rel_rms(wl.grad(), wr.grad()) < 1e-5);
   CHECK(subq::test::rel_rms(xl.grad(), xr.grad()) < 1e-5);
+}
+TEST_CASE("RMS-norm kernels: the vectorised variant is chosen where groups are 8-element aligned",
+          "[ops][norm][kernels]") {
+  alignas(16) static float buf[8];
+  RmsNormArgs a;
+  a.x = buf;
+  a.w = buf;
+  a.out = buf;
+  auto packs = [&](int dim, int groups) {
+    a.dim = dim;
+    a.groups = groups;
+    return k::vec_packs(a);
+  };
+  CHECK(packs(2048, 1) == 8);   // 256 packs: 8 per lane
+  CHECK(packs(1024, 1) == 4);
+  CHECK(packs(520, 1) == 4);    // 65 packs: 3 per lane, rounded up to 4
+  CHECK(packs(96, 1) == 1);
+  CHECK(packs(64, 4) == 1);     // groups of 16
+  CHECK(packs(40, 2) == 0);     // groups of 20: scalar kernel
+  CHECK(packs(36, 1) == 0);     // D not a multiple of 8
+  CHECK(packs(4096, 1) == 0);   // more than kNormMaxGroupDim features per group
+  a.x = reinterpret_cast<const char*>(buf) + 4;  // a base that is not 16-byte aligned
+  CHECK(packs(2048, 1) == 0);
 }
 #endif

@@ -102,7 +102,9 @@ class RmsNormCudaFunction : public torch::autograd::Function<RmsNormCudaFunction
     const Tensor g = grads[0].to(out_dtype).contiguous();
     const int64_t groups = ctx->saved_data["groups"].toInt();
     const int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
-    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((rows + detail::kNormWarps - 1) / detail::kNormWarps, 264));
+    // kNormBwdBlocks blocks x 4 warps walk the rows; each warp keeps one partial weight-gradient row.
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((rows + detail::kNormWarps - 1) / detail::kNormWarps,
+                                                                   detail::kNormBwdBlocks));
     Tensor dx = torch::empty(x.sizes(), x.options());
     Tensor dz = z.defined() ? torch::empty(x.sizes(), x.options()) : Tensor();
     Tensor dw_part = torch::empty({blocks * detail::kNormWarps, D}, x.options().dtype(torch::kFloat32));

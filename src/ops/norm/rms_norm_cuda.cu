@@ -36,14 +36,16 @@ template <typename X, typename O>
 struct Fwd {
   static void run(const RmsNormArgs& a, cudaStream_t s) {
     const dim3 grid(static_cast<unsigned>((a.rows + kNormWarps - 1) / kNormWarps), static_cast<unsigned>(a.groups));
-    rms_norm_fwd_kernel<X, O><<<grid, kThreads, 0, s>>>(a);
+    const NormKernel kernel = fwd_kernel_for<X, O>(a);
+    kernel<<<grid, kThreads, 0, s>>>(a);
   }
 };
 template <typename X, typename O>
 struct Bwd {
   static void run(const RmsNormArgs& a, cudaStream_t s) {
     const dim3 grid(static_cast<unsigned>(a.parts_blocks), static_cast<unsigned>(a.groups));
-    rms_norm_bwd_kernel<X, O><<<grid, kThreads, 0, s>>>(a);
+    const NormKernel kernel = bwd_kernel_for<X, O>(a);
+    kernel<<<grid, kThreads, 0, s>>>(a);
   }
 };
 

@@ -12,6 +12,8 @@ enum class NormDtype { kF32, kBF16, kF16 };
 
 constexpr int kNormMaxGroupDim = 2048;  // features per group a lane's registers hold (64 per lane)
 constexpr int kNormWarps = 4;           // warps per block
+constexpr int kNormBwdBlocks = 396;     // at most this many blocks walk the rows in the backward (3 per H200 SM:
+                                        // what the 2048-feature variant's ~150 registers allow)
 
 struct RmsNormArgs {
   int64_t rows = 0;      // product of x's leading dims
