@@ -357,6 +357,8 @@ TEST_CASE("gated delta v2 forward kernels through the glue, Dk = 64 (CPU emulati
   run_case(make_case(1, 1, 1, 64, 64, "init"));                   // T = 1
   run_case(make_case(2, 1, 150, 64, 96, "init edge neg"));        // resets at chunk edges, Dv 96 (3 scan tiles)
   run_case(make_case(1, 1, 100, 64, 32, "reset f16"), true, 2);   // fp16, Dv 32
+  run_case(make_case(1, 2, 64, 64, 128, "init edge"), true, 2);   // exactly one chunk, Dv 128 (two 64-wide slices)
+  run_case(make_case(1, 1, 200, 64, 64, "init reset l2 f16"), false, 2);  // 4 chunks, fp16, in-op normalisation
 }
 
 TEST_CASE("gated delta v2 forward kernels through the glue, Dk = 128 (CPU emulation)", "[ops][gated_delta][v2]") {

@@ -400,9 +400,10 @@ GatedDeltaResult gated_delta_v2_forward(const GatedDeltaLaunchers& L, const torc
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3), dv = v.size(3);
   const int64_t nc = (T + kGdnV2Chunk - 1) / kGdnV2Chunk;
   GdnV2Saved& sv = *saved;
-  sv.q = q.contiguous();
-  sv.k = k.to(q.scalar_type()).contiguous();
-  sv.v = v.to(q.scalar_type()).contiguous();
+  // contiguous rows, 16-byte aligned (cp.async): a copy only for odd views
+  sv.q = detail::glue::rows16(q.contiguous());
+  sv.k = detail::glue::rows16(k.to(q.scalar_type()).contiguous());
+  sv.v = detail::glue::rows16(v.to(q.scalar_type()).contiguous());
   sv.g = f32c(g);
   sv.beta = f32c(beta);
   sv.reset = reset.defined() ? reset.to(torch::kInt32).contiguous() : Tensor();
