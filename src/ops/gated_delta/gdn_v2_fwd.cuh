@@ -326,7 +326,8 @@ struct OutSmem {
   static constexpr int kSP = ck::pitch_of(SL);
   T q[kChunk * kKP];
   T k[kChunk * kKP];
-  T p[kChunk * kCP];  // (Q K^T) o D
+  T p[kChunk * kCP];     // P = (Q K^T) o D, rounded ...
+  T p_lo[kChunk * kCP];  // ... and its rounding error (P = p + p_lo to ~16 bits)
   struct Stage {
     T s[SL * kKP];    // S_c, SL value rows
     T u[kChunk * kSP];
@@ -389,6 +390,12 @@ __global__ void __launch_bounds__(kOutThreads, 2) gdn_v2_out_fwd_kernel(const Gd
       qk[j][i] = (s <= t && sm.seg[s] == sm.seg[t]) ? qk[j][i] * expf(sm.cum[t] - sm.cum[s]) : 0.f;
     });
     ck::store_frag<T>(sm.p, kCP, qk, m0, n0);
+    ck::for_each_frag<4>(m0, n0, [&](int j, int i, int t, int s) {
+      (void)t;
+      (void)s;
+      qk[j][i] -= ck::to_float(ck::from_float<T>(qk[j][i]));
+    });
+    ck::store_frag<T>(sm.p_lo, kCP, qk, m0, n0);
   }
 
   const int m0 = 16 * (warp & 3), n0 = (SL / 2) * (warp >> 2);
@@ -407,6 +414,7 @@ __global__ void __launch_bounds__(kOutThreads, 2) gdn_v2_out_fwd_kernel(const Gd
     ck::warp_gemm<T, NT, /*Q[t][j]*/ false, /*S[v][j]*/ false>(acc, sm.q, kKP, m0, st.s, kKP, n0, DK);
     ck::scale_rows(acc, sm.e[r_lo], sm.e[r_hi]);
     ck::warp_gemm<T, NT, /*P[t][s]*/ false, /*U[s][v]*/ true>(acc, sm.p, kCP, m0, st.u, kSP, n0, kChunk);
+    ck::warp_gemm<T, NT, false, true>(acc, sm.p_lo, kCP, m0, st.u, kSP, n0, kChunk);
 SUBQ_UNROLL
     for (int j = 0; j < NT; ++j) {
       const int col = item * SL + n0 + 8 * j + 2 * q;
