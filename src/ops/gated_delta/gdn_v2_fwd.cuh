@@ -19,14 +19,18 @@
 //    M = hi + lo (hi = round(M), lo = round(M - hi)), with M = Tinv diag(beta e) resp. Tinv diag(beta): the
 //    diagonal scalings are folded into the fp32 matrix, so K and V enter the mma exactly as given and the
 //    only rounding is that of the ~16-bit product operand (two mma passes; prep is not mma-bound).
+//  * out_fwd takes P = (Q K^T) o D the same way, as hi + lo 16-bit tiles (one more k = 64 mma pass per value
+//    slice; the kernel is memory-bound): in the emulated tests this cut o's error vs the fp32 reference by
+//    ~10-15% (3.5e-3 -> 3.1e-3 relative RMS, bf16, slow decays). o, u, w, states stay single 16-bit values
+//    (they are outputs / saved tensors in the operand dtype).
 //  * The substitution: thread j (warps 0-1) owns column j of Tinv in 64 registers; row t is
 //    [t = j] - sum_{s<t} A[t,s] Tinv[s,j] with A read as float4 warp broadcasts (fp32 tile, pitch 68 floats).
 //    The sum runs over s < round_up(t, 4): the extra terms are exact zeros (A is zero on and above the
 //    diagonal, the column is zero-initialised), so the result equals plain forward substitution.
 //  * The scan keeps one buffer per operand and ping-pongs the copies: W, U~, g, reset of chunk c+1 are
 //    fetched while the S update of chunk c runs, K of chunk c+1 while U = U~ - W S^T of chunk c+1 runs.
-//    ~54 KB of shared memory at Dk = 128: four blocks per SM, B*H*Dv/32 = 512 blocks at the target shape
-//    (one wave on 132 SMs).
+//    ~54 KB of shared memory and <= 128 registers (launch bounds) at Dk = 128: four blocks per SM,
+//    B*H*Dv/32 = 512 blocks at the target shape (one wave on 132 SMs).
 //  * U enters the state update as diag(d) U rounded once (fp32 U scaled, then rounded), instead of rounding
 //    U and the decayed keys separately; u itself (unscaled) is written in the operand dtype.
 //  * Masked decay entries are selected, never multiplied (exp of a positive exponent can overflow; inf * 0
@@ -223,7 +227,7 @@ struct ScanSmem {
 };
 
 template <typename T, int DK>
-__global__ void __launch_bounds__(kScanThreads) gdn_v2_scan_fwd_kernel(const GdnV2FwdArgs a) {
+__global__ void __launch_bounds__(kScanThreads, DK == 256 ? 2 : 4) gdn_v2_scan_fwd_kernel(const GdnV2FwdArgs a) {
   using Sm = ScanSmem<T, DK>;
   constexpr int kKP = Sm::kKP;
   constexpr int NT = DK / 16;  // state fragment: 16 rows x DK/2 columns per warp
