@@ -378,6 +378,37 @@ TEST_CASE("gated delta v2 forward kernels through the glue, Dk = 128 (CPU emulat
   run_case(make_case(1, 1, 256, 128, 128, "edge neg slow"), true, 1);  // the target's head dims
 }
 
+TEST_CASE("gated delta v2: gradients when only o or only the final state is used (CPU emulation)",
+          "[ops][gated_delta][v2]") {
+  const Case c = make_case(1, 1, 100, 64, 32, "init reset slow");
+  const Inputs in = make_inputs(c, 4321);
+  set_pass(0);
+  const auto dt = in.q.scalar_type();
+  for (int which = 0; which < 2; ++which) {
+    INFO((which == 0 ? "o only" : "final state only"));
+    auto loss_of = [&](bool kernels) {
+      return [&, kernels](const std::vector<Tensor>& x) {
+        const auto r = kernels ? d::gated_delta_kernel_path(kEmulated, x[0].to(dt), x[1].to(dt), x[2].to(dt), x[3], x[4],
+                                                            x[5], in.reset, false)
+                               : subq::ops::gated_delta_chunkwise(x[0], x[1], x[2], x[3], x[4], x[5], in.reset);
+        return subq::test::project({which == 0 ? r.o : r.final_state});
+      };
+    };
+    const std::vector<Tensor> inputs{f32(in.q), f32(in.k), f32(in.v), in.g, in.beta, in.s0};
+    const auto got = subq::test::grads_of(loss_of(true), inputs);
+    const auto want = subq::test::grads_of(loss_of(false), inputs);
+    const char* names[] = {"dq", "dk", "dv", "dg", "dbeta", "ds0"};
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      INFO(names[i]);
+      if (!want[i].defined()) {  // the input does not reach the loss (q for the final state): zero or undefined
+        CHECK((!got[i].defined() || torch::equal(got[i], torch::zeros_like(got[i]))));
+      } else {
+        subq::test::require_close(names[i], got[i], want[i], 1e-2);
+      }
+    }
+  }
+}
+
 TEST_CASE("gated delta v2 forward, long sequence (hidden: run by name; CPU emulation)", "[.][gated_delta][v2]") {
   run_case(make_case(1, 1, 4096, 128, 128, "init edge slow"), false, 1);
   run_case(make_case(1, 1, 1000, 128, 128, "init edge slow l2 neg"), false, 1);
