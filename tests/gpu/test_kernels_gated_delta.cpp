@@ -9,6 +9,8 @@
 // Tolerances (DESIGN.md): relative RMS ||a - b|| / ||b|| < 5e-3 for bf16/fp16 outputs and final states,
 // < 1e-2 for gradients; fp32 decode steps < 1e-5. NaN never passes (rel_rms of a non-finite tensor is NaN).
 // Every case prints one line with its shape and the error of every tensor.
+// Paths: bf16 / fp16 q, k, v run the fused v2 kernels (gdn_v2_fwd.cu + the v2 backward), fp32 the v1 hybrid
+// path; the "v2 and v1" case checks which one the dispatch takes and runs both at T = 4096 with resets.
 #include <cstdio>
 #include <algorithm>
 #include <cstdlib>
@@ -20,6 +22,8 @@
 
 #include "op_testing.h"
 #include "subq/core/device.h"
+#include "ops/gated_delta/gated_delta_cuda.h"
+#include "ops/gated_delta/gated_delta_internal.h"
 #include "subq/core/error.h"
 #include "subq/models/model.h"
 #include "subq/ops/gated_delta.h"
@@ -169,6 +173,43 @@ TEST_CASE("gated_delta kernels: fp16, fp32, Dk 256 / Dv 64, batch 3", "[gpu][gat
   cases.push_back(c);
   uint64_t seed = 9000;
   for (const auto& k : cases) compare_case(k, seed += 100);
+}
+
+TEST_CASE("gated_delta kernels: v2 (bf16 / fp16) and v1 (fp32) paths, T 4096 with resets, Dv 32 / 96",
+          "[gpu][gated_delta]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("Gated DeltaNet kernels cannot run here: " << why);
+  namespace d = subq::ops::detail;
+  const auto& L = d::gated_delta_cuda_launchers();
+  auto o = torch::TensorOptions().device(torch::kCUDA);
+  const Tensor q1 = torch::zeros({1, 1, 1, 128}, o), v1 = torch::zeros({1, 1, 1, 128}, o);
+  CHECK(d::gated_delta_v2_takes(L, q1.to(torch::kBFloat16), v1.to(torch::kBFloat16)));
+  CHECK(d::gated_delta_v2_takes(L, q1.to(torch::kFloat16), v1.to(torch::kFloat16)));
+  CHECK_FALSE(d::gated_delta_v2_takes(L, q1, v1));
+  std::vector<Case> cases;
+  for (auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+    Case c;  // the target's head dims, long sequence, packed documents, initial state, slow decays
+    c.dtype = dtype;
+    c.t = 4096;
+    c.dk = c.dv = 128;
+    c.init = c.reset = true;
+    cases.push_back(c);
+  }
+  Case f;  // fp16, Dv 96 (out kernel's 32-wide value slices), ragged T, fast decays, beta in [0, 2]
+  f.dtype = torch::kFloat16;
+  f.t = 2050;
+  f.dk = 64;
+  f.dv = 96;
+  f.init = f.reset = f.fast = f.neg = true;
+  cases.push_back(f);
+  Case s;  // one 32-row scan tile, Dk 256
+  s.t = 333;
+  s.dk = 256;
+  s.dv = 32;
+  s.reset = true;
+  cases.push_back(s);
+  uint64_t seed = 12000;
+  for (const auto& c : cases) compare_case(c, seed += 100);
 }
 
 TEST_CASE("gated_delta dispatch follows SUBQ_OPS_IMPL", "[gpu][gated_delta]") {

@@ -37,6 +37,7 @@
 #include "ops/common/chunk_decay.h"
 #include "ops/gated_delta/gated_delta_cuda.h"
 #include "ops/gated_delta/gated_delta_internal.h"
+#include "ops/gated_delta/gated_delta_v2.h"
 #include "subq/core/error.h"
 #include "subq/ops/gated_delta.h"
 #include "subq/ops/ops_impl.h"
@@ -183,6 +184,89 @@ detail::GatedDeltaChunks kernel_chunks(const detail::GatedDeltaLaunchers& L, con
   return detail::gated_delta_chunks(q, k, v, g, beta, reset, kChunk, false, torch::kFloat32, solve);
 }
 
+}  // namespace
+
+namespace detail {
+
+GatedDeltaV1Grads gated_delta_v1_backward(const GatedDeltaLaunchers& L, const Tensor& q, const Tensor& k,
+                                          const Tensor& v, const Tensor& g, const Tensor& beta, const Tensor& reset,
+                                          const Tensor& u_chunks, const Tensor& states_in, const Tensor& d_o,
+                                          const Tensor& dfinal, bool ac, at::ScalarType ac_dtype) {
+  ScanOut f;
+  f.u = u_chunks;
+  f.states = states_in;
+  const c10::DeviceType dev = q.device().type();
+  // Recompute the chunk tensors as the forward did (same autocast state).
+  Tensor Tm;
+  detail::GatedDeltaChunks c;
+  {
+    AutocastScope as_forward(dev, ac, ac_dtype);
+    c = kernel_chunks(L, q, k, v, g, beta, reset, &Tm);
+  }
+  AutocastOff off(dev);
+  // Products that the forward ran with low-precision operands (under its autocast state) take them here
+  // too, with fp32 results; the backward through the UT transform stays fp32.
+  auto mm = [&](const Tensor& a, const Tensor& b) {
+    return ac ? torch::matmul(a.to(ac_dtype), b.to(ac_dtype)).to(torch::kFloat32) : torch::matmul(a, b);
+  };
+  auto f32 = [](const Tensor& t) { return t.to(torch::kFloat32); };
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3), dv = v.size(3);
+  const int64_t C = c.chunk, nc = c.chunks, tp = nc * C;
+  const Tensor qc = f32(c.qc), kc = f32(c.kc), Dm = f32(c.decay), e = f32(c.gamma_in), gend = f32(c.gamma_end);
+  const Tensor ut = f32(c.u_tilde), w = f32(c.w);
+  const Tensor vc = detail::pad_time(v.to(torch::kFloat32), 2, tp).reshape({B, H, nc, C, dv});
+  const Tensor bc = detail::pad_time(beta.to(torch::kFloat32), 2, tp).reshape({B, H, nc, C});
+  const Tensor& U = f.u;
+  const Tensor& states = f.states;
+
+  // Output: O = diag(e) Q S^T + (Q K^T o D) U.
+  const Tensor dO = d_o.defined() ? detail::pad_time(d_o.to(torch::kFloat32), 2, tp).reshape({B, H, nc, C, dv})
+                                  : torch::zeros({B, H, nc, C, dv}, q.options().dtype(torch::kFloat32));
+  const Tensor QK = mm(qc, tr(kc));
+  Tensor dQ = e.unsqueeze(-1) * mm(dO, states);
+  Tensor de = (dO * mm(qc, tr(states))).sum(-1);
+  const Tensor dstates = mm(tr(dO), e.unsqueeze(-1) * qc);
+  const Tensor dOU = mm(dO, tr(U));
+  const Tensor dP = dOU * Dm;
+  dQ = dQ + mm(dP, kc);
+  Tensor dK = mm(tr(dP), qc);
+  Tensor dDm = dOU * QK;
+  const Tensor dU_out = mm(tr(QK * Dm), dO);
+
+  // The sequential part.
+  const ScanGrads sg = run_scan_bwd(L, c, f, dU_out, dstates, dfinal);
+
+  // Through the UT transform: [U~ | W] = T R, R = [diag(b) V | diag(b e) K].
+  const Tensor Tt = tr(Tm);
+  const Tensor dR_v = torch::matmul(Tt, sg.du_tilde), dR_w = torch::matmul(Tt, sg.dw);
+  const Tensor dA = -(torch::matmul(dR_v, tr(ut)) + torch::matmul(dR_w, tr(w))).tril(-1);
+  const Tensor dV = bc.unsqueeze(-1) * dR_v;
+  const Tensor rw = (dR_w * kc).sum(-1);
+  const Tensor KK = mm(kc, tr(kc));
+  Tensor db = (dR_v * vc).sum(-1) + e * rw + (dA * KK * Dm).sum(-1);
+  dK = dK + (bc * e).unsqueeze(-1) * dR_w;
+  de = de + bc * rw;
+  const Tensor dKK = dA * bc.unsqueeze(-1) * Dm;
+  dDm = dDm + dA * bc.unsqueeze(-1) * KK;
+  dK = dK + mm(dKK + tr(dKK), kc);
+  // K_end = diag(D[last, :]) K
+  dK = dK + Dm.select(-2, C - 1).unsqueeze(-1) * sg.dk_end;
+  dDm.select(-2, C - 1).add_((sg.dk_end * kc).sum(-1));
+  // Decays: D[t,s] = exp(gc_t - gc_s), e_t = exp(gc_t), gamma = exp(gc_last) (all masked), g -> gc cumsum.
+  const Tensor dDD = dDm * Dm;
+  Tensor dgc = dDD.sum(-1) - dDD.sum(-2) + de * e;
+  dgc.select(-1, C - 1).add_(sg.dgamma_end * gend);
+  const Tensor dg = dgc.flip(-1).cumsum(-1).flip(-1);
+
+  auto unchunk = [&](const Tensor& t, int64_t d) { return t.reshape({B, H, tp, d}).narrow(2, 0, T); };
+  auto unchunk1 = [&](const Tensor& t) { return t.reshape({B, H, tp}).narrow(2, 0, T); };
+  return {unchunk(dQ, dk), unchunk(dK, dk), unchunk(dV, dv), unchunk1(dg), unchunk1(db), sg.ds0};
+}
+
+}  // namespace detail
+
+namespace {
+
 // The whole chunkwise op on q, k taken as given: forward = LibTorch chunk-parallel parts + the inverse and
 // forward-scan kernels; backward = the explicit gradients of tests/unit/test_gated_delta_kernel_math.cpp
 // (the chunk tensors recomputed, the reverse-scan kernel for the sequential part; fp32 except the products
@@ -223,91 +307,61 @@ class GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction> 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list sv = ctx->get_saved_variables();
     const Tensor &q = sv[0], &k = sv[1], &v = sv[2], &g = sv[3], &beta = sv[4], &reset_in = sv[5];
-    ScanOut f;
-    f.u = sv[6];
-    f.states = sv[7];
-    const auto& L = *launchers_of(ctx);
     c10::DeviceGuard guard(q.device());
     const Tensor reset = reset_in.numel() ? reset_in : Tensor();
-    const c10::DeviceType dev = q.device().type();
-    // Recompute the chunk tensors as the forward did (same autocast state).
-    Tensor Tm;
-    detail::GatedDeltaChunks c;
-    {
-      AutocastScope as_forward(dev, ctx->saved_data["autocast"].toBool(),
-                               static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()));
-      c = kernel_chunks(L, q, k, v, g, beta, reset, &Tm);
-    }
-    AutocastOff off(dev);
-    // Products that the forward ran with low-precision operands (under its autocast state) take them here
-    // too, with fp32 results; the backward through the UT transform stays fp32.
-    const bool ac = ctx->saved_data["autocast"].toBool();
-    const auto ac_dtype = static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt());
-    auto mm = [&](const Tensor& a, const Tensor& b) {
-      return ac ? torch::matmul(a.to(ac_dtype), b.to(ac_dtype)).to(torch::kFloat32) : torch::matmul(a, b);
-    };
-    auto f32 = [](const Tensor& t) { return t.to(torch::kFloat32); };
-    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3), dv = v.size(3);
-    const int64_t C = c.chunk, nc = c.chunks, tp = nc * C;
-    const Tensor qc = f32(c.qc), kc = f32(c.kc), Dm = f32(c.decay), e = f32(c.gamma_in), gend = f32(c.gamma_end);
-    const Tensor ut = f32(c.u_tilde), w = f32(c.w);
-    const Tensor vc = detail::pad_time(v.to(torch::kFloat32), 2, tp).reshape({B, H, nc, C, dv});
-    const Tensor bc = detail::pad_time(beta.to(torch::kFloat32), 2, tp).reshape({B, H, nc, C});
-    const Tensor& U = f.u;
-    const Tensor& states = f.states;
-
-    // Output: O = diag(e) Q S^T + (Q K^T o D) U.
-    const Tensor dO = grads[0].defined() ? detail::pad_time(grads[0].to(torch::kFloat32), 2, tp).reshape({B, H, nc, C, dv})
-                                         : torch::zeros({B, H, nc, C, dv}, q.options().dtype(torch::kFloat32));
-    const Tensor QK = mm(qc, tr(kc));
-    Tensor dQ = e.unsqueeze(-1) * mm(dO, states);
-    Tensor de = (dO * mm(qc, tr(states))).sum(-1);
-    const Tensor dstates = mm(tr(dO), e.unsqueeze(-1) * qc);
-    const Tensor dOU = mm(dO, tr(U));
-    const Tensor dP = dOU * Dm;
-    dQ = dQ + mm(dP, kc);
-    Tensor dK = mm(tr(dP), qc);
-    Tensor dDm = dOU * QK;
-    const Tensor dU_out = mm(tr(QK * Dm), dO);
-
-    // The sequential part.
-    const ScanGrads sg = run_scan_bwd(L, c, f, dU_out, dstates, grads[1]);
-
-    // Through the UT transform: [U~ | W] = T R, R = [diag(b) V | diag(b e) K].
-    const Tensor Tt = tr(Tm);
-    const Tensor dR_v = torch::matmul(Tt, sg.du_tilde), dR_w = torch::matmul(Tt, sg.dw);
-    const Tensor dA = -(torch::matmul(dR_v, tr(ut)) + torch::matmul(dR_w, tr(w))).tril(-1);
-    const Tensor dV = bc.unsqueeze(-1) * dR_v;
-    const Tensor rw = (dR_w * kc).sum(-1);
-    const Tensor KK = mm(kc, tr(kc));
-    Tensor db = (dR_v * vc).sum(-1) + e * rw + (dA * KK * Dm).sum(-1);
-    dK = dK + (bc * e).unsqueeze(-1) * dR_w;
-    de = de + bc * rw;
-    const Tensor dKK = dA * bc.unsqueeze(-1) * Dm;
-    dDm = dDm + dA * bc.unsqueeze(-1) * KK;
-    dK = dK + mm(dKK + tr(dKK), kc);
-    // K_end = diag(D[last, :]) K
-    dK = dK + Dm.select(-2, C - 1).unsqueeze(-1) * sg.dk_end;
-    dDm.select(-2, C - 1).add_((sg.dk_end * kc).sum(-1));
-    // Decays: D[t,s] = exp(gc_t - gc_s), e_t = exp(gc_t), gamma = exp(gc_last) (all masked), g -> gc cumsum.
-    const Tensor dDD = dDm * Dm;
-    Tensor dgc = dDD.sum(-1) - dDD.sum(-2) + de * e;
-    dgc.select(-1, C - 1).add_(sg.dgamma_end * gend);
-    const Tensor dg = dgc.flip(-1).cumsum(-1).flip(-1);
-
-    auto unchunk = [&](const Tensor& t, int64_t d) { return t.reshape({B, H, tp, d}).narrow(2, 0, T); };
-    auto unchunk1 = [&](const Tensor& t) { return t.reshape({B, H, tp}).narrow(2, 0, T); };
+    const detail::GatedDeltaV1Grads r = detail::gated_delta_v1_backward(
+        *launchers_of(ctx), q, k, v, g, beta, reset, sv[6], sv[7], grads[0], grads[1],
+        ctx->saved_data["autocast"].toBool(), static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt()));
     const Tensor d0 = ctx->saved_data["has_s0"].toBool()
-                          ? sg.ds0.to(static_cast<torch::ScalarType>(ctx->saved_data["s0_dtype"].toInt()))
+                          ? r.ds0.to(static_cast<torch::ScalarType>(ctx->saved_data["s0_dtype"].toInt()))
                           : Tensor();
-    return {unchunk(dQ, dk).to(q.scalar_type()),
-            unchunk(dK, dk).to(k.scalar_type()),
-            unchunk(dV, dv).to(v.scalar_type()),
-            unchunk1(dg).to(g.scalar_type()),
-            unchunk1(db).to(beta.scalar_type()),
-            d0,
-            Tensor(),
-            Tensor()};
+    return {r.dq.to(q.scalar_type()), r.dk.to(k.scalar_type()), r.dv.to(v.scalar_type()), r.dg.to(g.scalar_type()),
+            r.dbeta.to(beta.scalar_type()), d0, Tensor(), Tensor()};
+  }
+};
+
+// The v2 path (fused tensor-core kernels, gdn_v2_fwd.cu) for bf16 / fp16 q, k, v: forward = three kernels,
+// saving exactly GdnV2Saved (gated_delta_v2.h); backward = detail::gated_delta_v2_backward. q, k arrive
+// already normalised (when the op normalises) and in the operand dtype; g, beta fp32; s0 fp32 or a
+// 0-element placeholder; reset int32 or a placeholder.
+class GdnV2Function : public torch::autograd::Function<GdnV2Function> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& g, const Tensor& beta, const Tensor& s0_in, const Tensor& reset_in,
+                               int64_t launchers, int64_t s0_dtype) {
+    const auto& L = *reinterpret_cast<const detail::GatedDeltaLaunchers*>(launchers);
+    c10::DeviceGuard guard(q.device());
+    const Tensor s0 = s0_in.numel() ? s0_in : Tensor();
+    const Tensor reset = reset_in.numel() ? reset_in : Tensor();
+    detail::GdnV2Saved sv;
+    const GatedDeltaResult r = detail::gated_delta_v2_forward(L, q, k, v, g, beta, s0, reset, &sv);
+    ctx->save_for_backward({sv.q, sv.k, sv.v, sv.g, sv.beta, reset_in, sv.tinv, sv.w, sv.u, sv.states});
+    ctx->saved_data["launchers"] = launchers;
+    ctx->saved_data["has_s0"] = sv.has_s0;
+    ctx->saved_data["s0_dtype"] = s0_dtype;
+    return {r.o, r.final_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list v = ctx->get_saved_variables();
+    detail::GdnV2Saved sv;
+    sv.q = v[0];
+    sv.k = v[1];
+    sv.v = v[2];
+    sv.g = v[3];
+    sv.beta = v[4];
+    sv.reset = v[5].numel() ? v[5] : Tensor();
+    sv.tinv = v[6];
+    sv.w = v[7];
+    sv.u = v[8];
+    sv.states = v[9];
+    sv.has_s0 = ctx->saved_data["has_s0"].toBool();
+    c10::DeviceGuard guard(sv.q.device());
+    const detail::GdnV2Grads r = detail::gated_delta_v2_backward(*launchers_of(ctx), sv, grads[0], grads[1]);
+    const Tensor d0 =
+        sv.has_s0 ? r.ds0.to(static_cast<torch::ScalarType>(ctx->saved_data["s0_dtype"].toInt())) : Tensor();
+    return {r.dq.to(sv.q.scalar_type()), r.dk.to(sv.k.scalar_type()), r.dv.to(sv.v.scalar_type()),
+            r.dg.to(torch::kFloat32), r.dbeta.to(torch::kFloat32), d0, Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -334,6 +388,65 @@ bool kernel_dtype_ok(torch::ScalarType t) {
 
 namespace detail {
 
+bool gated_delta_v2_takes(const GatedDeltaLaunchers& L, const torch::Tensor& q, const torch::Tensor& v) {
+  const auto t = q.scalar_type();
+  return L.v2_prep_fwd && L.v2_scan_fwd && L.v2_out_fwd && (t == torch::kBFloat16 || t == torch::kFloat16) &&
+         v.scalar_type() == t && v.size(3) <= 512;
+}
+
+GatedDeltaResult gated_delta_v2_forward(const GatedDeltaLaunchers& L, const torch::Tensor& q, const torch::Tensor& k,
+                                        const torch::Tensor& v, const torch::Tensor& g, const torch::Tensor& beta,
+                                        const torch::Tensor& s0, const torch::Tensor& reset, GdnV2Saved* saved) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3), dv = v.size(3);
+  const int64_t nc = (T + kGdnV2Chunk - 1) / kGdnV2Chunk;
+  GdnV2Saved& sv = *saved;
+  // contiguous rows, 16-byte aligned (cp.async): a copy only for odd views
+  sv.q = detail::glue::rows16(q.contiguous());
+  sv.k = detail::glue::rows16(k.to(q.scalar_type()).contiguous());
+  sv.v = detail::glue::rows16(v.to(q.scalar_type()).contiguous());
+  sv.g = f32c(g);
+  sv.beta = f32c(beta);
+  sv.reset = reset.defined() ? reset.to(torch::kInt32).contiguous() : Tensor();
+  sv.has_s0 = s0.defined();
+  const Tensor s0c = s0.defined() ? f32c(s0) : Tensor();
+  const auto op = sv.q.options();
+  const auto f32 = op.dtype(torch::kFloat32);
+  sv.tinv = torch::empty({B, H, nc, kGdnV2Chunk, kGdnV2Chunk}, f32);
+  sv.w = torch::empty({B, H, T, dk}, op);
+  sv.u = torch::empty({B, H, T, dv}, op);
+  sv.states = torch::empty({B, H, nc, dv, dk}, op);
+  const Tensor u_tilde = torch::empty({B, H, T, dv}, op);
+  Tensor o = torch::empty({B, H, T, dv}, op);
+  Tensor s_out = torch::empty({B, H, dv, dk}, f32);
+  GdnV2FwdArgs a;
+  a.batch = static_cast<int>(B);
+  a.heads = static_cast<int>(H);
+  a.time = static_cast<int>(T);
+  a.chunks = static_cast<int>(nc);
+  a.key_dim = static_cast<int>(dk);
+  a.value_dim = static_cast<int>(dv);
+  a.q = sv.q.data_ptr();
+  a.k = sv.k.data_ptr();
+  a.v = sv.v.data_ptr();
+  a.g = sv.g.data_ptr<float>();
+  a.beta = sv.beta.data_ptr<float>();
+  a.reset = ptr_or_null<int>(sv.reset);
+  a.s0 = ptr_or_null<float>(s0c);
+  a.tinv = sv.tinv.data_ptr<float>();
+  a.w = sv.w.data_ptr();
+  a.u_tilde = u_tilde.data_ptr();
+  a.u = sv.u.data_ptr();
+  a.states = sv.states.data_ptr();
+  a.s_out = s_out.data_ptr<float>();
+  a.o = o.data_ptr();
+  const GdnKernelDtype dt = kernel_dtype(q.scalar_type());
+  void* stream = stream_of(sv.q);
+  L.v2_prep_fwd(a, dt, stream);
+  L.v2_scan_fwd(a, dt, stream);
+  L.v2_out_fwd(a, dt, stream);
+  return {o, s_out};
+}
+
 std::string gated_delta_kernel_shape_error(int64_t dk, int64_t dv, int64_t bh) {
   if (dk != 64 && dk != 128 && dk != 256) return str("key head dim Dk = ", dk, " is not 64, 128 or 256");
   if (dv < 32 || dv % kGdnScanRows != 0) return str("value head dim Dv = ", dv, " is not a positive multiple of 32");
@@ -346,12 +459,28 @@ GatedDeltaResult gated_delta_kernel_path(const GatedDeltaLaunchers& launchers, c
                                          const torch::Tensor& beta, const torch::Tensor& initial_state,
                                          const torch::Tensor& reset, bool l2_normalize_qk) {
   c10::DeviceGuard guard(q.device());
-  // The optional q/k normalisation stays outside the Function (LibTorch ops, differentiated by autograd).
-  const auto [qn, kn] = l2_normalize_qk ? gated_delta_prepare_qk(q.to(torch::kFloat32), k.to(torch::kFloat32), true)
-                                        : std::pair<Tensor, Tensor>{q, k};
   auto absent_as_empty = [&](const Tensor& t, torch::ScalarType dtype) {
     return t.defined() ? t : torch::empty({0}, q.options().dtype(dtype));
   };
+  if (gated_delta_v2_takes(launchers, q, v)) {
+    // v2: normalisation outside the Function as in v1 (fp32 LibTorch ops under autograd), the normalised
+    // q, k cast back to the operand dtype (the kernels' mma operands).
+    Tensor qn = q, kn = k;
+    if (l2_normalize_qk) {
+      auto [q32, k32] = gated_delta_prepare_qk(q.to(torch::kFloat32), k.to(torch::kFloat32), true);
+      qn = q32.to(q.scalar_type());
+      kn = k32.to(q.scalar_type());
+    }
+    const Tensor reset32 = reset.defined() ? reset.to(torch::kInt32).contiguous() : Tensor();
+    variable_list out = GdnV2Function::apply(
+        qn, kn, v, g.to(torch::kFloat32), beta.to(torch::kFloat32), absent_as_empty(initial_state, torch::kFloat32),
+        absent_as_empty(reset32, torch::kInt32), reinterpret_cast<int64_t>(&launchers),
+        static_cast<int64_t>(initial_state.defined() ? initial_state.scalar_type() : torch::kFloat32));
+    return {out[0], out[1]};
+  }
+  // The optional q/k normalisation stays outside the Function (LibTorch ops, differentiated by autograd).
+  const auto [qn, kn] = l2_normalize_qk ? gated_delta_prepare_qk(q.to(torch::kFloat32), k.to(torch::kFloat32), true)
+                                        : std::pair<Tensor, Tensor>{q, k};
   variable_list out = GatedDeltaFunction::apply(qn, kn, v, g, beta, absent_as_empty(initial_state, torch::kFloat32),
                                                 absent_as_empty(reset, torch::kBool),
                                                 reinterpret_cast<int64_t>(&launchers));

@@ -105,7 +105,16 @@ std::string device_error(int device) {
 }  // namespace
 
 const GatedDeltaLaunchers& gated_delta_cuda_launchers() {
-  static const GatedDeltaLaunchers table{true, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
+  static const GatedDeltaLaunchers table{true,
+                                         &device_error,
+                                         &scan_fwd,
+                                         &scan_bwd,
+                                         &step,
+                                         &unit_lower_inverse,
+                                         // gdnfwd
+                                         &gdn_v2_prep_fwd,
+                                         &gdn_v2_scan_fwd,
+                                         &gdn_v2_out_fwd};
   return table;
 }
 

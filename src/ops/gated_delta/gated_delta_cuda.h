@@ -89,6 +89,39 @@ struct GdnStepArgs {
   float* state_out = nullptr;      // out [BH, Dv, Dk] fp32
 };
 
+// ---- gdnfwd: the v2 (fused tensor-core) forward, gdn_v2_fwd.cu(h); contract with the backward in
+// gated_delta_v2.h. One argument struct for its three kernels (each reads / writes a subset):
+//   prep_fwd  grid (nc, BH):       tinv, w, u_tilde from k, v, g, beta, reset
+//   scan_fwd  grid (Dv / 32, BH):  u, states, s_out from w, u_tilde, k, g, reset, s0 (sequential over chunks)
+//   out_fwd   grid (nc, BH):       o from q, k, g, reset, u, states
+// Every tensor contiguous, BH-major; operand dtype = bf16 or fp16 (the GdnKernelDtype argument); nc =
+// ceil(T / 64) chunks of 64 tokens (the last one zero-padded on load). Dk in {64, 128, 256}, Dv a multiple
+// of 32 up to 512.
+struct GdnV2FwdArgs {
+  int batch = 0, heads = 0, time = 0, chunks = 0, key_dim = 0, value_dim = 0;
+  const void* q = nullptr;       // [B, H, T, Dk] operand dtype
+  const void* k = nullptr;       // [B, H, T, Dk]
+  const void* v = nullptr;       // [B, H, T, Dv]
+  const float* g = nullptr;      // [B, H, T] fp32 log decay
+  const float* beta = nullptr;   // [B, H, T] fp32
+  const int* reset = nullptr;    // [B, T] int32 0/1, or nullptr
+  const float* s0 = nullptr;     // [B, H, Dv, Dk] fp32, or nullptr (zeros)
+  float* tinv = nullptr;         // out [B, H, nc, 64, 64] fp32 (I + A)^-1
+  void* w = nullptr;             // out [B, H, T, Dk] operand dtype
+  void* u_tilde = nullptr;       // out [B, H, T, Dv] operand dtype (scratch between prep and scan)
+  void* u = nullptr;             // out [B, H, T, Dv] operand dtype
+  void* states = nullptr;        // out [B, H, nc, Dv, Dk] operand dtype: the state entering chunk c
+  float* s_out = nullptr;        // out [B, H, Dv, Dk] fp32: the final state
+  void* o = nullptr;             // out [B, H, T, Dv] operand dtype
+};
+constexpr int kGdnV2Chunk = 64;
+constexpr int kGdnV2ScanRows = 32;  // value rows of the state per scan_fwd block
+// The CUDA launchers (gdn_v2_fwd.cu; only in builds with nvcc — the tables reference them).
+void gdn_v2_prep_fwd(const GdnV2FwdArgs& a, GdnKernelDtype dtype, void* stream);
+void gdn_v2_scan_fwd(const GdnV2FwdArgs& a, GdnKernelDtype dtype, void* stream);
+void gdn_v2_out_fwd(const GdnV2FwdArgs& a, GdnKernelDtype dtype, void* stream);
+// ---- end gdnfwd
+
 // The launchers the glue calls: CUDA launchers in production (gated_delta_cuda_launchers()), emulated ones
 // in the CPU test of the glue. `stream` is a cudaStream_t (nullptr for CPU tensors); launchers enqueue and
 // check the launch but do not synchronise.
@@ -99,6 +132,11 @@ struct GatedDeltaLaunchers {
   void (*scan_bwd)(const GdnScanBwdArgs&, void* stream) = nullptr;
   void (*step)(const GdnStepArgs&, GdnKernelDtype, void* stream) = nullptr;
   void (*unit_lower_inverse)(const GdnInverseArgs&, void* stream) = nullptr;
+  // gdnfwd: the v2 forward (null in tables without it: the glue then takes v1)
+  void (*v2_prep_fwd)(const GdnV2FwdArgs&, GdnKernelDtype, void* stream) = nullptr;
+  void (*v2_scan_fwd)(const GdnV2FwdArgs&, GdnKernelDtype, void* stream) = nullptr;
+  void (*v2_out_fwd)(const GdnV2FwdArgs&, GdnKernelDtype, void* stream) = nullptr;
+  // end gdnfwd
 };
 
 // The production table (CUDA launchers; the stub's, which throw, in builds without nvcc).

@@ -16,10 +16,21 @@ void scan_fwd(const GdnScanFwdArgs&, void*) { no_cuda(); }
 void scan_bwd(const GdnScanBwdArgs&, void*) { no_cuda(); }
 void step(const GdnStepArgs&, GdnKernelDtype, void*) { no_cuda(); }
 void unit_lower_inverse(const GdnInverseArgs&, void*) { no_cuda(); }
+// gdnfwd
+void v2_fwd(const GdnV2FwdArgs&, GdnKernelDtype, void*) { no_cuda(); }
 }  // namespace
 
 const GatedDeltaLaunchers& gated_delta_cuda_launchers() {
-  static const GatedDeltaLaunchers table{false, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
+  static const GatedDeltaLaunchers table{false,
+                                         &device_error,
+                                         &scan_fwd,
+                                         &scan_bwd,
+                                         &step,
+                                         &unit_lower_inverse,
+                                         // gdnfwd
+                                         &v2_fwd,
+                                         &v2_fwd,
+                                         &v2_fwd};
   return table;
 }
 

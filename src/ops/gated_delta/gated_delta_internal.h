@@ -70,6 +70,31 @@ GatedDeltaResult gated_delta_kernel_path(const GatedDeltaLaunchers& launchers, c
                                          const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& g,
                                          const torch::Tensor& beta, const torch::Tensor& initial_state,
                                          const torch::Tensor& reset, bool l2_normalize_qk);
+// The explicit backward of the v1 kernel path (gated_delta_cuda.cpp; formulas checked in fp64 by
+// tests/unit/test_gated_delta_kernel_math.cpp) from the forward's U [B,H,nc,C,Dv] and states entering each
+// chunk [B,H,nc,Dv,Dk] (fp32, chunks of C = min(64, T)); d_o / dfinal may be undefined (zeros). `ac`,
+// `ac_dtype`: the autocast state the forward ran under. Also the interim backward of v2
+// (gated_delta_v2_bwd_hybrid.cpp). Gradients fp32; ds0 always defined.
+struct GatedDeltaV1Grads {
+  torch::Tensor dq, dk, dv, dg, dbeta, ds0;
+};
+GatedDeltaV1Grads gated_delta_v1_backward(const GatedDeltaLaunchers& L, const torch::Tensor& q, const torch::Tensor& k,
+                                          const torch::Tensor& v, const torch::Tensor& g, const torch::Tensor& beta,
+                                          const torch::Tensor& reset, const torch::Tensor& u_chunks,
+                                          const torch::Tensor& states, const torch::Tensor& d_o,
+                                          const torch::Tensor& dfinal, bool ac, at::ScalarType ac_dtype);
+
+struct GdnV2Saved;
+// The v2 forward (gdn_v2_fwd.cu kernels through `L`; no autograd): q, k, v contiguous bf16 / fp16 (one
+// dtype), g, beta fp32 [B,H,T], s0 fp32 [B,H,Dv,Dk] or undefined, reset int32 [B,T] or undefined. Returns o
+// (operand dtype), the final state (fp32) and fills *saved (gated_delta_v2.h).
+GatedDeltaResult gated_delta_v2_forward(const GatedDeltaLaunchers& L, const torch::Tensor& q, const torch::Tensor& k,
+                                        const torch::Tensor& v, const torch::Tensor& g, const torch::Tensor& beta,
+                                        const torch::Tensor& s0, const torch::Tensor& reset, GdnV2Saved* saved);
+// True when the kernel path takes v2 for these operands: the table has the v2 launchers, q is bf16 or fp16,
+// Dv <= 512 (shape rules of gated_delta_kernel_shape_error otherwise).
+bool gated_delta_v2_takes(const GatedDeltaLaunchers& L, const torch::Tensor& q, const torch::Tensor& v);
+
 // The decode-step kernel path (no autograd): q_t, k_t [B,H,Dk], v_t [B,H,Dv] in one dtype of fp32, bf16,
 // fp16; g_t, beta_t [B,H]; state [B,H,Dv,Dk] or undefined.
 GatedDeltaResult gated_delta_step_kernel_path(const GatedDeltaLaunchers& launchers, const torch::Tensor& q_t,
