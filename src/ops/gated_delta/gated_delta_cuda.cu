@@ -105,7 +105,11 @@ std::string device_error(int device) {
 }  // namespace
 
 const GatedDeltaLaunchers& gated_delta_cuda_launchers() {
-  static const GatedDeltaLaunchers table{true, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
+  static const GatedDeltaLaunchers table = [] {
+    GatedDeltaLaunchers t{true, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
+    set_gdn_v2_bwd_launchers(t);  // gdnbwd
+    return t;
+  }();
   return table;
 }
 

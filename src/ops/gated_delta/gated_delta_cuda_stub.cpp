@@ -16,10 +16,23 @@ void scan_fwd(const GdnScanFwdArgs&, void*) { no_cuda(); }
 void scan_bwd(const GdnScanBwdArgs&, void*) { no_cuda(); }
 void step(const GdnStepArgs&, GdnKernelDtype, void*) { no_cuda(); }
 void unit_lower_inverse(const GdnInverseArgs&, void*) { no_cuda(); }
+// gdnbwd
+void v2_bwd(const GdnV2BwdArgs&, GdnKernelDtype, void*) { no_cuda(); }
+// end gdnbwd
 }  // namespace
 
+void set_gdn_v2_bwd_launchers(GatedDeltaLaunchers& t) {
+  t.v2_scan_bwd = &v2_bwd;
+  t.v2_chunk_bwd = &v2_bwd;
+  t.v2_wy_bwd = &v2_bwd;
+}
+
 const GatedDeltaLaunchers& gated_delta_cuda_launchers() {
-  static const GatedDeltaLaunchers table{false, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
+  static const GatedDeltaLaunchers table = [] {
+    GatedDeltaLaunchers t{false, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
+    set_gdn_v2_bwd_launchers(t);  // gdnbwd
+    return t;
+  }();
   return table;
 }
 
