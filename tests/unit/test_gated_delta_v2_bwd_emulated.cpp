@@ -69,7 +69,7 @@ void emu_scan_t(const d::GdnV2BwdArgs& a) {
 }
 template <typename T>
 void emu_chunk_t(const d::GdnV2BwdArgs& a) {
-  emu::launch(dim3(static_cast<unsigned>(a.chunks), static_cast<unsigned>(a.bh), static_cast<unsigned>(a.key_slices)),
+  emu::launch(dim3(static_cast<unsigned>(a.key_slices), static_cast<unsigned>(a.chunks), static_cast<unsigned>(a.bh)),
               dim3(kb::kThreads), sizeof(kb::ChunkSmem<T>), [&] { kb::gdn_v2_chunk_bwd_kernel<T>(a); }, g_opt);
 }
 template <typename T, int DK>
@@ -305,7 +305,8 @@ TEST_CASE("gated delta v2 backward, Dk = 256 (CPU emulation)", "[ops][gated_delt
 TEST_CASE("gated delta v2 backward: only o or only the final state in the loss (CPU emulation)",
           "[ops][gated_delta][kernels][v2]") {
   run_case(make_case(1, 1, 100, 64, 64, "init reset", Loss::kOutputOnly), 0);
-  run_case(make_case(1, 1, 100, 64, 64, "init reset", Loss::kFinalOnly), 1);
+  run_case(make_case(1, 1, 100, 64, 64, "init neg", Loss::kFinalOnly), 1);  // no reset: the final state sees every token
+  run_case(make_case(1, 1, 90, 128, 32, "init reset fp16", Loss::kFinalOnly), 0);  // a reset at t = 89: only it counts
 }
 
 #else

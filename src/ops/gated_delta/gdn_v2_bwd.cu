@@ -4,7 +4,8 @@
 // Three kernels, launched in order by detail::gated_delta_v2_backward (gated_delta_v2_bwd.cpp):
 //   scan_bwd  grid (Dv / BV, B*H), 256 threads: the reverse scan over chunks carrying G = dL/dS_{c+1} in
 //             mma accumulators (fp32); writes dstates (G per chunk, operand dtype), du and ds0.
-//   chunk_bwd grid (nc, B*H, Dk / 64), 256 threads: the chunk-parallel output / state terms (dq final,
+//   chunk_bwd grid (Dk / 64, nc, B*H), 256 threads (the key slices of a chunk adjacent: they share dO,
+//             U, dU through L2): the chunk-parallel output / state terms (dq final,
 //             dk_part, dw, per-key-slice dgc partials).
 //   wy_bwd    grid (nc, B*H), 256 threads: the UT transform's backward, the decay chain and the reverse
 //             in-chunk cumsum (dk, dv, dg, dbeta final).
@@ -42,7 +43,8 @@ void check_args(const GdnV2BwdArgs& a, const char* what) {
              " must be a positive multiple of 32");
   SUBQ_CHECK(a.bh >= 1 && a.bh <= 65535 && a.heads >= 1 && a.bh % a.heads == 0, "gated_delta v2 ", what,
              ": bad B * H = ", a.bh);
-  SUBQ_CHECK(a.time >= 1 && a.chunks == (a.time + kChunk - 1) / kChunk, "gated_delta v2 ", what, ": bad chunking");
+  SUBQ_CHECK(a.time >= 1 && a.chunks == (a.time + kChunk - 1) / kChunk && a.chunks <= 65535, "gated_delta v2 ", what,
+             ": bad chunking (T = ", a.time, ", at most 65535 chunks of 64)");
   SUBQ_CHECK(a.key_slices == a.key_dim / kKSlice, "gated_delta v2 ", what, ": key_slices must be Dk / 64");
 }
 
@@ -73,7 +75,7 @@ void chunk_t(const GdnV2BwdArgs& a, cudaStream_t s) {
   static_assert(smem <= kSmemLimit, "chunk_bwd tiles do not fit in shared memory");
   auto kernel = gdn_v2_chunk_bwd_kernel<T>;
   opt_in(kernel, smem);
-  const dim3 grid(static_cast<unsigned>(a.chunks), static_cast<unsigned>(a.bh), static_cast<unsigned>(a.key_slices));
+  const dim3 grid(static_cast<unsigned>(a.key_slices), static_cast<unsigned>(a.chunks), static_cast<unsigned>(a.bh));
   kernel<<<grid, kThreads, smem, s>>>(a);
   SUBQ_CUDA_CHECK_LAUNCH();
 }

@@ -205,7 +205,7 @@ SUBQ_UNROLL
 }
 
 // ======================================================================================================
-// B2 chunk_bwd: grid (nc, B*H, DK / 64); a block owns one 64-column key slice of one chunk and loops over
+// B2 chunk_bwd: grid (DK / 64, nc, B*H); a block owns one 64-column key slice of one chunk and loops over
 // the value dimension in 32-wide tiles (S_c = states[c], G = dstates[c], both [Dv, Dk]):
 //   dq1 = dO S_c, dKe = U G, dW = -dU S_c, dOU = dO U^T, <G, S_c>   (sums over the value tiles)
 //   dq = diag(e) dq1 + (dOU o D) K;   dk_part = (dOU o D)^T Q + diag(dl) dKe;   dw = dW
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_v2_chunk_bwd_kernel(const Gdn
   SUBQ_DYNAMIC_SMEM(smem_raw);
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
 
-  const int c = blockIdx.x, bh = blockIdx.y, ks = blockIdx.z;
+  const int ks = blockIdx.x, c = blockIdx.y, bh = blockIdx.z;  // key slices adjacent: dO, U, dU shared in L2
   const int H = a.heads, T_len = a.time, nc = a.chunks, Dv = a.value_dim, Dk = a.key_dim;
   const int b = bh / H, i0 = ks * kKSlice, t0 = c * kChunk, rows = min(kChunk, T_len - t0);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, qq = lane & 3;
