@@ -105,16 +105,15 @@ std::string device_error(int device) {
 }  // namespace
 
 const GatedDeltaLaunchers& gated_delta_cuda_launchers() {
-  static const GatedDeltaLaunchers table{true,
-                                         &device_error,
-                                         &scan_fwd,
-                                         &scan_bwd,
-                                         &step,
-                                         &unit_lower_inverse,
-                                         // gdnfwd
-                                         &gdn_v2_prep_fwd,
-                                         &gdn_v2_scan_fwd,
-                                         &gdn_v2_out_fwd};
+  static const GatedDeltaLaunchers table = [] {
+    GatedDeltaLaunchers t{true, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
+    // gdnfwd
+    t.v2_prep_fwd = &gdn_v2_prep_fwd;
+    t.v2_scan_fwd = &gdn_v2_scan_fwd;
+    t.v2_out_fwd = &gdn_v2_out_fwd;
+    set_gdn_v2_bwd_launchers(t);  // gdnbwd
+    return t;
+  }();
   return table;
 }
 

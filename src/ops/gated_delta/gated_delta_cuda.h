@@ -121,6 +121,42 @@ void gdn_v2_prep_fwd(const GdnV2FwdArgs& a, GdnKernelDtype dtype, void* stream);
 void gdn_v2_scan_fwd(const GdnV2FwdArgs& a, GdnKernelDtype dtype, void* stream);
 void gdn_v2_out_fwd(const GdnV2FwdArgs& a, GdnKernelDtype dtype, void* stream);
 // ---- end gdnfwd
+// ---- gdnbwd: the v2 backward kernels (gdn_v2_bwd.cu; glue in gated_delta_v2_bwd.cpp) -------------------
+// One argument block for the three kernels (each reads and writes a subset). Tensors are contiguous,
+// BH-major; "T" = the operand dtype (bf16 / fp16) of the launch; nc = ceil(T / 64).
+struct GdnV2BwdArgs {
+  int bh = 0, heads = 0, time = 0, chunks = 0, key_dim = 0, value_dim = 0;
+  int key_slices = 0;              // Dk / 64 (chunk_bwd's third grid dimension)
+  // saved by the forward (gated_delta_v2.h)
+  const void* q = nullptr;         // [BH, T, Dk] T
+  const void* k = nullptr;         // [BH, T, Dk] T
+  const void* v = nullptr;         // [BH, T, Dv] T
+  const void* w = nullptr;         // [BH, T, Dk] T
+  const void* u = nullptr;         // [BH, T, Dv] T
+  const void* states = nullptr;    // [BH, nc, Dv, Dk] T
+  const float* g = nullptr;        // [BH, T]
+  const float* beta = nullptr;     // [BH, T]
+  const float* tinv = nullptr;     // [BH, nc, 64, 64]
+  const int* reset = nullptr;      // [B, T] (0/1) or nullptr
+  // incoming gradients
+  const void* d_o = nullptr;       // [BH, T, Dv] T
+  const float* dfinal = nullptr;   // [BH, Dv, Dk] or nullptr (zeros)
+  // scan_bwd outputs
+  void* dstates = nullptr;         // [BH, nc, Dv, Dk] T: dL/dS_{c+1}
+  void* du = nullptr;              // [BH, T, Dv] T: dL/dU (= dL/dU~)
+  float* ds0 = nullptr;            // [BH, Dv, Dk]
+  // chunk_bwd outputs
+  void* dq = nullptr;              // [BH, T, Dk] T (final)
+  float* dk_part = nullptr;        // [BH, T, Dk]: output and K_end terms of dk
+  void* dw = nullptr;              // [BH, T, Dk] T: dL/dW
+  float* dgc_part = nullptr;       // [Dk / 64, BH, nc * 64]: per key slice, gradient of the in-chunk cumsum
+  // wy_bwd outputs
+  void* dk = nullptr;              // [BH, T, Dk] T (final)
+  void* dv = nullptr;              // [BH, T, Dv] T (final)
+  float* dg = nullptr;             // [BH, T]
+  float* dbeta = nullptr;          // [BH, T]
+};
+// ---- end gdnbwd ------------------------------------------------------------------------------------------
 
 // The launchers the glue calls: CUDA launchers in production (gated_delta_cuda_launchers()), emulated ones
 // in the CPU test of the glue. `stream` is a cudaStream_t (nullptr for CPU tensors); launchers enqueue and
@@ -137,7 +173,16 @@ struct GatedDeltaLaunchers {
   void (*v2_scan_fwd)(const GdnV2FwdArgs&, GdnKernelDtype, void* stream) = nullptr;
   void (*v2_out_fwd)(const GdnV2FwdArgs&, GdnKernelDtype, void* stream) = nullptr;
   // end gdnfwd
+  // gdnbwd: the v2 backward, in this order: scan_bwd (reverse scan: dstates, du, ds0), chunk_bwd (dq,
+  // dk_part, dw, dgc_part), wy_bwd (dk, dv, dg, dbeta). dtype: bf16 or fp16.
+  void (*v2_scan_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
+  void (*v2_chunk_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
+  void (*v2_wy_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
+  // end gdnbwd
 };
+
+// gdnbwd: fills the v2 backward entries of a table (gdn_v2_bwd.cu; the stub's throw).
+void set_gdn_v2_bwd_launchers(GatedDeltaLaunchers& table);
 
 // The production table (CUDA launchers; the stub's, which throw, in builds without nvcc).
 const GatedDeltaLaunchers& gated_delta_cuda_launchers();

@@ -18,19 +18,27 @@ void step(const GdnStepArgs&, GdnKernelDtype, void*) { no_cuda(); }
 void unit_lower_inverse(const GdnInverseArgs&, void*) { no_cuda(); }
 // gdnfwd
 void v2_fwd(const GdnV2FwdArgs&, GdnKernelDtype, void*) { no_cuda(); }
+// gdnbwd
+void v2_bwd(const GdnV2BwdArgs&, GdnKernelDtype, void*) { no_cuda(); }
+// end gdnbwd
 }  // namespace
 
+void set_gdn_v2_bwd_launchers(GatedDeltaLaunchers& t) {
+  t.v2_scan_bwd = &v2_bwd;
+  t.v2_chunk_bwd = &v2_bwd;
+  t.v2_wy_bwd = &v2_bwd;
+}
+
 const GatedDeltaLaunchers& gated_delta_cuda_launchers() {
-  static const GatedDeltaLaunchers table{false,
-                                         &device_error,
-                                         &scan_fwd,
-                                         &scan_bwd,
-                                         &step,
-                                         &unit_lower_inverse,
-                                         // gdnfwd
-                                         &v2_fwd,
-                                         &v2_fwd,
-                                         &v2_fwd};
+  static const GatedDeltaLaunchers table = [] {
+    GatedDeltaLaunchers t{false, &device_error, &scan_fwd, &scan_bwd, &step, &unit_lower_inverse};
+    // gdnfwd
+    t.v2_prep_fwd = &v2_fwd;
+    t.v2_scan_fwd = &v2_fwd;
+    t.v2_out_fwd = &v2_fwd;
+    set_gdn_v2_bwd_launchers(t);  // gdnbwd
+    return t;
+  }();
   return table;
 }
 
