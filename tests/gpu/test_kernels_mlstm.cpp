@@ -7,7 +7,10 @@
 // the SUBQ_OPS_IMPL dispatch; the decode kernel; document isolation.
 //
 // Tolerances (DESIGN.md): relative RMS ||a - b|| / ||b|| < 5e-3 for bf16/fp16 outputs and final states,
-// < 1e-2 for gradients; the stabiliser m < 1e-5 (the kernels compute the recurrent m exactly, in fp32);
+// < 1e-2 for gradients, where h and the kernel backward's gradients are measured against the size of the
+// terms they sum (tests/mlstm_gpu_cases.h: ||a - b|| / scale, scale = ||b|| unless the sum cancels; after
+// the H200 run of 17ac015, whose 27 gradient failures the CPU replay test_mlstm_gpu_cases_emulated
+// reproduces, see docs/perf/mlstm.md); the stabiliser m < 1e-5 (the kernels compute the recurrent m exactly, in fp32);
 // fp32 decode steps < 1e-5. NaN never passes. Every case prints one line with its shape and the error of
 // every tensor.
 #include <cmath>
@@ -56,18 +59,19 @@ struct Report {
     errs.emplace_back(name, e);
     tols.push_back(tol);
   }
-  // A gradient under the forward-error bound of tests/mlstm_gpu_cases.h: ||got - want|| / scale < tol. The
-  // line shows that quantity, then the plain relative error and scale / ||want|| (the cancellation factor).
-  void add_scaled(const std::string& name, const Tensor& got, const Tensor& want,
-                  const subq::test::mlstm_cases::GradScale& s, double tol) {
+  // A tensor under the bound of tests/mlstm_gpu_cases.h (error_over_bound < 1): ||got - want|| <=
+  // max(rel_tol ||want||, scaled_tol scale). The line shows the fraction of the bound, then the plain relative
+  // error and scale / ||want|| (the cancellation factor).
+  void add_bounded(const std::string& name, const Tensor& got, const Tensor& want,
+                   const subq::test::mlstm_cases::GradScale& s, double rel_tol, double scaled_tol) {
     double e = std::nan(""), r = std::nan("");
     if (got.defined() && want.defined() && got.sizes() == want.sizes()) {
-      e = subq::test::mlstm_cases::scaled_error(got, want, s);
+      e = subq::test::mlstm_cases::error_over_bound(got, want, s, rel_tol, scaled_tol);
       r = rel_rms(got.to(torch::kFloat32), want.to(torch::kFloat32));
     }
-    line += subq::str(" ", name, " ", e, " (rel ", r, ", x", s.norm > 0 ? s.scale / s.norm : 0.0, ")");
+    line += subq::str(" ", name, " ", e, " of bound (rel ", r, ", x", s.norm > 0 ? s.scale / s.norm : 0.0, ")");
     errs.emplace_back(name, e);
-    tols.push_back(tol);
+    tols.push_back(1.0);
   }
   void check(const std::string& what) {
     std::printf("[mlstm-kernel] %s:%s\n", what.c_str(), line.c_str());
@@ -94,7 +98,9 @@ void compare_forward(const Case& c, uint64_t seed) {
   REQUIRE(got.h.scalar_type() == c.dtype);
   REQUIRE(got.state.c.scalar_type() == torch::kFloat32);
   Report rep;
-  rep.add("h", got.h, want.h, 5e-3);
+  std::vector<Tensor> leaves = {in.q.to(torch::kFloat32), in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg};
+  if (c.init) leaves.insert(leaves.end(), {in.init.c, in.init.n, in.init.m});
+  rep.add_bounded("h", got.h, want.h, subq::test::mlstm_cases::output_scale(leaves, in.reset), 5e-3, 5e-3);
   rep.add("C", got.state.c, want.state.c, 5e-3);
   rep.add("n", got.state.n, want.state.n, 5e-3);
   rep.add("m", got.state.m, want.state.m, 1e-5);
@@ -137,7 +143,7 @@ void compare_grads(const Case& c, uint64_t seed, bool state_loss) {
   const auto gk = torch::autograd::grad({loss(got)}, kl);
   const auto gr = torch::autograd::grad({loss(want)}, rl);
   Report rep;
-  rep.add("h", got.h, want.h, 5e-3);
+  rep.add_bounded("h", got.h, want.h, mc::output_scale(rl, in.reset), 5e-3, 5e-3);
   std::vector<mc::GradScale> scales;
   if (!state_loss) scales = mc::gradient_scales(rl, in.reset, Wh, gr);
   for (size_t i = 0; i < kl.size(); ++i) {
@@ -146,7 +152,7 @@ void compare_grads(const Case& c, uint64_t seed, bool state_loss) {
     if (state_loss)
       rep.add(names[i], gk[i], gr[i], 1e-2);
     else
-      rep.add_scaled(names[i], gk[i], gr[i], scales[i], 1e-2);
+      rep.add_bounded(names[i], gk[i], gr[i], scales[i], 1e-2, 5e-3);
   }
   rep.check(subq::str("gradients ", describe(c), state_loss ? " state loss (recompute)" : " (kernels)"));
 }

@@ -148,6 +148,7 @@ struct Replay {
   Run kernel, ref, truth, mconst;  // mconst: only for T <= 200 (fp64 recurrence with autograd)
   std::vector<std::string> names;
   std::vector<mc::GradScale> scales;  // the GPU test's criterion (tests/mlstm_gpu_cases.h)
+  mc::GradScale h_scale;
 };
 
 std::vector<mc::GradScale> scales_of(const mc::GradCase& gc, const mc::Inputs& in, const Run& ref) {
@@ -157,6 +158,12 @@ std::vector<mc::GradScale> scales_of(const mc::GradCase& gc, const mc::Inputs& i
   std::vector<Tensor> g;
   for (const auto& t : ref.g) g.push_back(t.to(torch::kFloat32));
   return mc::gradient_scales(l, in.reset, mc::loss_weight_h(gc.c, gc.seed, torch::Device(torch::kCPU)), g);
+}
+mc::GradScale h_scale_of(const mc::GradCase& gc, const mc::Inputs& in) {
+  std::vector<Tensor> l = {in.q.to(torch::kFloat32), in.k.to(torch::kFloat32), in.v.to(torch::kFloat32), in.ig, in.fg};
+  if (gc.c.init)
+    for (const auto& t : {in.init.c, in.init.n, in.init.m}) l.push_back(t);
+  return mc::output_scale(l, in.reset);
 }
 
 Replay replay(size_t index, bool diagnose) {
@@ -169,6 +176,7 @@ Replay replay(size_t index, bool diagnose) {
   rp.kernel = run(gc, in, Impl::kKernel);
   if (gc.c.t <= 200) rp.mconst = run(gc, in, Impl::kConst64);
   rp.scales = scales_of(gc, in, rp.ref);
+  rp.h_scale = h_scale_of(gc, in);
   rp.names.assign(grad_names().begin(), grad_names().begin() + static_cast<long>(rp.kernel.g.size()));
   std::ostringstream os;
   os << "[mlstm-gpu-replay] case " << index << " " << mc::describe(gc.c) << " seed " << gc.seed
@@ -183,7 +191,8 @@ Replay replay(size_t index, bool diagnose) {
       const auto& sc = rp.scales[static_cast<size_t>(gi)];
       std::snprintf(buf, sizeof buf, " %14.3e %10.3g", mc::scaled_error(k, r, sc), sc.norm > 0 ? sc.scale / sc.norm : 0.0);
     } else {
-      std::snprintf(buf, sizeof buf, " %14s %10s", "", "");
+      std::snprintf(buf, sizeof buf, " %14.3e %10.3g", mc::scaled_error(k, r, rp.h_scale),
+                    rp.h_scale.norm > 0 ? rp.h_scale.scale / rp.h_scale.norm : 0.0);
     }
     os << buf;
     ++gi;
@@ -268,14 +277,17 @@ std::vector<size_t> selected(const std::vector<size_t>& dflt) {
 // The GPU test's gradient criterion on the CPU replay of its T = 1 cases (all of which failed the plain
 // relative check on the H200, the emulator reproducing the H200's numbers to the printed digits):
 //  * the two paths add up to the reference's gradient (the decomposition the scale rests on);
-//  * the kernels pass the criterion;
+//  * the kernels pass the criterion (h and every gradient), while the plain relative check fails them;
 //  * the criterion still has teeth: the kernels' gradients with the denominator path dropped (the plausible
 //    bug of a normaliser-gradient kernel) fail it wherever that path is a tenth of the scale or more.
 TEST_CASE("mLSTM GPU-test gradient cases replayed under the emulator (T = 1)", "[ops][mlstm][kernels]") {
-  constexpr double kTol = 1e-2;
+  constexpr double kTol = 1e-2, kScaledTol = 5e-3;  // the GPU test's
+  const bool all_t1 = !std::getenv("SUBQ_MLSTM_CASES");
+  int plain_failures = 0;  // gradients over the old plain check (relative RMS < 1e-2)
   for (size_t i : selected({0, 1, 2, 3, 4, 5, 6, 7, 8, 9})) {
     const Replay rp = replay(i, true);
     INFO("case " << i << " " << mc::describe(mc::grad_cases()[i].c));
+    CHECK(mc::error_over_bound(rp.kernel.h, rp.ref.h, rp.h_scale, 5e-3, 5e-3) < 1.0);
     for (size_t g = 0; g < rp.names.size(); ++g) {
       INFO(rp.names[g]);
       const mc::GradScale& sc = rp.scales[g];
@@ -283,16 +295,22 @@ TEST_CASE("mLSTM GPU-test gradient cases replayed under the emulator (T = 1)", "
       const double split = mc::scaled_error(sc.g_num.to(torch::kDouble) + sc.g_den.to(torch::kDouble), ref, sc);
       INFO("||g_num + g_den - g_ref|| / scale = " << split);
       CHECK(split < 1e-5);
-      const double e = mc::scaled_error(rp.kernel.g[g], ref, sc);
-      INFO("kernel: ||g_kernel - g_ref|| / scale = " << e << " (tolerance " << kTol << ")");
-      CHECK(e < kTol);
-      if (sc.g_den.defined() && sc.g_den.to(torch::kDouble).norm().item<double>() >= 0.1 * sc.scale && g != 7) {
-        const double bad = mc::scaled_error(rp.kernel.g[g] - sc.g_den.to(torch::kDouble), ref, sc);
-        INFO("kernel without the denominator path: " << bad);
-        CHECK(bad > kTol);
+      const double e = mc::error_over_bound(rp.kernel.g[g], ref, sc, kTol, kScaledTol);
+      INFO("kernel: ||g_kernel - g_ref|| / bound = " << e << " (scaled " << mc::scaled_error(rp.kernel.g[g], ref, sc)
+                                                      << ", relative " << rel(rp.kernel.g[g], ref) << ")");
+      CHECK(e < 1.0);
+      if (!(rel(rp.kernel.g[g], ref) < kTol)) ++plain_failures;
+      const double den_path = sc.g_den.to(torch::kDouble).norm().item<double>();
+      if (sc.norm > 0 && den_path >= 0.1 * sc.scale && g != 7) {
+        const double bad = mc::error_over_bound(rp.kernel.g[g] - sc.g_den.to(torch::kDouble), ref, sc, kTol, kScaledTol);
+        INFO("kernel without the denominator path: " << bad << " of the bound");
+        CHECK(bad > 1.0);
       }
     }
   }
+  // The H200 run of 17ac015 failed 19 gradient checks at T = 1 (dfg in the 5 open cases; dk, dig, dn0, dm0;
+  // dq, dk, dig, dfg; dk, dig; dig; dq, dk, dig in the init cases): the replay reproduces exactly that many.
+  if (all_t1) CHECK(plain_failures == 19);
 }
 
 TEST_CASE("mLSTM GPU-test gradient cases replayed under the emulator (long)", "[.][mlstm-gpu-replay]") {

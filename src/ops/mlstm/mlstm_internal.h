@@ -26,11 +26,12 @@ MlstmState initial_state(const MlstmState& initial, const Dims& d, torch::Scalar
 struct ChunkwiseParts {
   torch::Tensor num, den;
   MlstmState state;
+  torch::Tensor qn_abs;  // with_qn_abs: [B, H, T], the sum of |terms| of qn_t = q^_t . n_t (else undefined)
 };
 ChunkwiseParts chunkwise_parts(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& igate, const torch::Tensor& fgate, const MlstmState& initial,
                                const torch::Tensor& reset, int64_t chunk_size, const char* op,
-                               bool hold_m = false);
+                               bool hold_m = false, bool with_qn_abs = false);
 
 }  // namespace subq::ops::mlstm_detail
 

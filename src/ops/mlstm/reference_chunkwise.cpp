@@ -19,6 +19,7 @@
 // them to measure the two paths of a gradient (through num and through den), whose sum is the gradient.
 // With hold_m it detaches every stabiliser (m_t, the chunk maxima and the carried m; only m0's scaling of the
 // initial state keeps its gradient): the function whose gradients the CUDA backward kernels compute.
+// with_qn_abs adds sum_s |S_ts| + w_t |q^_t . n_p|, the size of the terms of qn_t (h_t's conditioning).
 // Cost: everything except that state loop is batched over all chunks (Q K^T, the decay matrix, C_loc and
 // the outputs are single batched matmuls over [B, H, NC, ...]); seg is a masked cumulative sum (no
 // differences of long cumulative sums, which lose precision when the forget gates are small).
@@ -39,7 +40,8 @@ using torch::Tensor;
 mlstm_detail::ChunkwiseParts mlstm_detail::chunkwise_parts(const Tensor& q, const Tensor& k, const Tensor& v,
                                                             const Tensor& igate, const Tensor& fgate,
                                                             const MlstmState& initial, const Tensor& reset,
-                                                            int64_t chunk_size, const char* op, bool hold_m) {
+                                                            int64_t chunk_size, const char* op, bool hold_m,
+                                                            bool with_qn_abs) {
   if (chunk_size < 1) throw InputError(str(op, ": chunk_size must be >= 1, got ", chunk_size));
   const auto d = mlstm_detail::check_sequence(op, q, k, v, igate, fgate, initial, reset);
   const auto ct = detail::compute_dtype(q.scalar_type());
@@ -47,7 +49,7 @@ mlstm_detail::ChunkwiseParts mlstm_detail::chunkwise_parts(const Tensor& q, cons
   MlstmState s0 = mlstm_detail::initial_state(initial, d, ct, dev);
   if (d.t == 0)
     return {torch::zeros({d.b, d.h, 0, d.dv}, q.options().dtype(ct)), torch::ones({d.b, d.h, 0}, q.options().dtype(ct)),
-            s0};
+            s0, with_qn_abs ? torch::zeros({d.b, d.h, 0}, q.options().dtype(ct)) : Tensor()};
 
   const int64_t B = d.b, H = d.h, L = std::min(chunk_size, d.t);
   const int64_t nc = (d.t + L - 1) / L, tp = nc * L, pad = tp - d.t;
@@ -140,15 +142,18 @@ mlstm_detail::ChunkwiseParts mlstm_detail::chunkwise_parts(const Tensor& q, cons
   const Tensor num = torch::matmul(s, vc) + w_inter.unsqueeze(-1) * torch::matmul(qc, c_prev);    // [B,H,nc,L,Dv]
   const Tensor qn = s.sum(-1) + w_inter * torch::matmul(qc, n_prev.unsqueeze(-1)).squeeze(-1);    // [B,H,nc,L]
   const Tensor den = torch::maximum(qn.abs(), torch::exp(-m_t)) + kMlstmEps;
-  Tensor num_t = num.reshape({B, H, tp, d.dv}), den_t = den.reshape({B, H, tp});
+  Tensor num_t = num.reshape({B, H, tp, d.dv}), den_t = den.reshape({B, H, tp}), qn_abs;
+  if (with_qn_abs)
+    qn_abs = (s.abs().sum(-1) + w_inter * torch::matmul(qc, n_prev.unsqueeze(-1)).squeeze(-1).abs()).reshape({B, H, tp});
   if (pad > 0) {
     num_t = num_t.narrow(2, 0, d.t);
     den_t = den_t.narrow(2, 0, d.t);
+    if (with_qn_abs) qn_abs = qn_abs.narrow(2, 0, d.t);
   }
   SUBQ_CHECK(num_t.sizes() == at::IntArrayRef({B, H, d.t, d.dv}) && c.sizes() == at::IntArrayRef({B, H, d.dk, d.dv}) &&
                  m.sizes() == at::IntArrayRef({B, H}),
              "chunkwise_parts produced num ", detail::shape_str(num_t.sizes()), ", c ", detail::shape_str(c.sizes()));
-  return {num_t, den_t, {c, n, m}};
+  return {num_t, den_t, {c, n, m}, qn_abs};
 }
 
 MlstmResult mlstm_chunkwise(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& igate,
