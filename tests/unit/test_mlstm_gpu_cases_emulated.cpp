@@ -2,10 +2,13 @@
 // replayed on the CPU, value for value (tests/mlstm_gpu_cases.h), through the kernel emulator: the Torch glue
 // of src/ops/mlstm/mlstm_cuda.cpp with the emulated launchers (tests/emu/mlstm_emu_launchers.h), against the
 // fp32 chunkwise reference (what the GPU test compares with) and an fp64 ground truth (the recurrence in
-// fp64 for T <= 200, the chunkwise form in fp64 beyond; autograd through the stabiliser's max in both).
-// This separates three kinds of disagreement: a kernel error (the kernel is far from fp64, the fp32
-// reference is not), an ill-conditioned quantity (both are far from each other but the difference is small
-// against the scale of the computation), and a GPU-only effect (the emulator agrees where the GPU did not).
+// fp64 for T <= 200, the chunkwise form in fp64 beyond; autograd through the stabiliser's max in both) and
+// an fp64 recurrence with every m held constant (what the backward kernels differentiate; T <= 200).
+// This separates a kernel error, an ill-conditioned quantity (kernel and reference far apart, the difference
+// small against the size of the terms summed: the GPU test's bound, tests/mlstm_gpu_cases.h), the design's
+// m-constant approximation, and a GPU-only effect (the emulator agrees where the GPU did not). Each case
+// prints every tensor's errors and the tokens that carry dq's and h's error (with m, qn and the floor).
+// Findings for the H200 run of 17ac015: docs/perf/mlstm.md, "H200 gradient failures".
 //
 // The T = 1 cases run in the CPU suite (they are cheap); the others are hidden ("[.]" tag; ~1-5 min each
 // under the emulator): run them with
