@@ -8,10 +8,18 @@
 #   SUBQ_SMOKE=0        skip the smoke run;  SUBQ_BENCH_TRAIN=0  skip the training benchmarks
 #   SUBQ_CHECK_BUDGET_S wall-clock budget: every step gets at most what is left of it (default: none), so
 #                       a limited device session still returns the steps' logs
+#   SUBQ_CHECK_PACK=1   keep $OUT to three files — summary.txt, check.log and results.tar.gz (the benches'
+#                       JSON and logs) — for transports that return only a few files
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
+# where the steps' result files go: $OUT itself, or a scratch folder packed into $OUT/results.tar.gz at exit
+RES="$OUT"
+if [ "${SUBQ_CHECK_PACK:-0}" = 1 ]; then
+  RES=$(mktemp -d)
+  trap 'tar czf "$OUT/results.tar.gz" -C "$RES" . && rm -rf "$RES"' EXIT
+fi
 # NVLink multicast stays off on shared machines.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 BUILD=${SUBQ_BUILD_DIR:-build-gpu}
@@ -32,16 +40,16 @@ step() {  # step NAME CMD... : runs CMD, appends its output to check.log, record
     limit=(timeout $left)
   fi
   echo "===== $name: $*" >> "$log"
-  if "${limit[@]}" "$@" > "$OUT/.step.log" 2>&1; then
+  if "${limit[@]}" "$@" > "$RES/.step.log" 2>&1; then
     echo "ok    $name ($((SECONDS - t0)) s)" | tee -a "$summary"
   else
     echo "FAIL  $name ($((SECONDS - t0)) s): see check.log" | tee -a "$summary"
-    grep -E "error|FAILED|Failed|failed" "$OUT/.step.log" | head -30
+    grep -E "error|FAILED|Failed|failed" "$RES/.step.log" | head -30
     status=1
   fi
-  cat "$OUT/.step.log" >> "$log"
-  LAST_LOG=$(cat "$OUT/.step.log")
-  rm -f "$OUT/.step.log"
+  cat "$RES/.step.log" >> "$log"
+  LAST_LOG=$(cat "$RES/.step.log")
+  rm -f "$RES/.step.log"
 }
 # A copied tree has no .git: SUBQ_BUILD_COMMIT (set by the caller) names the commit instead.
 export SUBQ_BUILD_COMMIT=${SUBQ_BUILD_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
@@ -55,20 +63,20 @@ if [ -x "$BUILD/apps/subq" ]; then
   step tests ctest --test-dir "$BUILD" -L "${SUBQ_CHECK_LABELS:-cpu|gpu}" --output-on-failure -j 8
   echo "$LAST_LOG" | grep -E "tests passed|tests failed|^\s+[0-9]+ - " | tee -a "$summary"
   if [ -x scripts/gpu_bench_ops.sh ]; then
-    step bench-ops env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_bench_ops.sh
+    step bench-ops env SUBQ="$BUILD/apps/subq" OUT="$RES" scripts/gpu_bench_ops.sh
     echo "$LAST_LOG" | grep -E "\] B[0-9]+ T[0-9]+" | tee -a "$summary"
   fi
   if [ "${SUBQ_BENCH_TRAIN:-1}" != 0 ] && [ -x scripts/gpu_bench_train.sh ]; then
-    step bench-train env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_bench_train.sh
+    step bench-train env SUBQ="$BUILD/apps/subq" OUT="$RES" scripts/gpu_bench_train.sh
     echo "$LAST_LOG" | grep -E "^\[" | tee -a "$summary"
   fi
   if [ "${SUBQ_SMOKE:-1}" != 0 ] && [ -x scripts/gpu_smoke.sh ]; then
-    step smoke env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/gpu_smoke.sh
+    step smoke env SUBQ="$BUILD/apps/subq" OUT="$RES" scripts/gpu_smoke.sh
     echo "$LAST_LOG" | tail -3 >> "$summary"
   fi
   # data-parallel scaling (weak, same per-GPU batch) where there are >= 2 GPUs; SUBQ_DIST_SCALING=0 skips it
   if [ "${SUBQ_DIST_SCALING:-1}" != 0 ] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
-    step dist-scaling env SUBQ="$BUILD/apps/subq" OUT="$OUT" scripts/dist_scaling.sh configs/code/transformer-340m.yaml 2 4
+    step dist-scaling env SUBQ="$BUILD/apps/subq" OUT="$RES" scripts/dist_scaling.sh configs/code/transformer-340m.yaml 2 4
     echo "$LAST_LOG" | tail -6 >> "$summary"
   fi
 fi

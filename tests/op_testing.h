@@ -24,7 +24,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "subq_catch.h"
@@ -32,6 +34,31 @@
 namespace subq::test {
 
 using ScalarFn = std::function<torch::Tensor(const std::vector<torch::Tensor>&)>;
+
+// SUBQ_OPS_IMPL (the ops' dispatch, subq/ops/ops_impl.h) for the scope of a test: set(v) sets it, set(nullptr)
+// unsets it, and the destructor restores what the process had — also when a REQUIRE or an exception
+// leaves the test early.
+class OpsImplEnv {
+ public:
+  OpsImplEnv() {
+    const char* v = std::getenv("SUBQ_OPS_IMPL");
+    had_ = v != nullptr;
+    if (had_) saved_ = v;
+  }
+  OpsImplEnv(const OpsImplEnv&) = delete;
+  OpsImplEnv& operator=(const OpsImplEnv&) = delete;
+  ~OpsImplEnv() { set(had_ ? saved_.c_str() : nullptr); }
+  void set(const char* v) const {
+    if (v)
+      ::setenv("SUBQ_OPS_IMPL", v, 1);
+    else
+      ::unsetenv("SUBQ_OPS_IMPL");
+  }
+
+ private:
+  bool had_ = false;
+  std::string saved_;
+};
 
 inline const bool kOpTestsSingleThreaded = [] {
   torch::set_num_threads(1);
@@ -48,6 +75,41 @@ inline double rel_rms(const torch::Tensor& a, const torch::Tensor& b) {
   const double nd = (ad - bd).norm().item<double>();
   return nb > 0 ? nd / nb : nd;
 }
+
+// Relative RMS errors of one kernel-vs-reference comparison, printed as one line tagged `tag` (so a
+// failing GPU log says which tensor, shape and setting went wrong) and checked afterwards; a missing or
+// mis-shaped tensor counts as NaN, which never passes.
+class ErrorReport {
+ public:
+  explicit ErrorReport(std::string tag) : tag_(std::move(tag)) {}
+  void add(const std::string& name, const torch::Tensor& got, const torch::Tensor& want, double tol) {
+    double e = std::nan("");
+    if (got.defined() && want.defined() && got.sizes() == want.sizes()) e = rel_rms(got, want);
+    add_value(name, e, tol);
+  }
+  // An error computed by the caller (another criterion), with an optional note for the printed line.
+  void add_value(const std::string& name, double error, double tol, const std::string& note = "") {
+    std::ostringstream o;
+    o << " " << name << " " << error << note;
+    line_ += o.str();
+    errs_.emplace_back(name, error);
+    tols_.push_back(tol);
+  }
+  void check(const std::string& what) const {
+    std::printf("[%s] %s:%s\n", tag_.c_str(), what.c_str(), line_.c_str());
+    std::fflush(stdout);
+    for (size_t i = 0; i < errs_.size(); ++i) {
+      INFO(what << ": " << errs_[i].first << " relative RMS error " << errs_[i].second << " (tolerance " << tols_[i]
+                << ")");
+      CHECK(errs_[i].second < tols_[i]);
+    }
+  }
+
+ private:
+  std::string tag_, line_;
+  std::vector<std::pair<std::string, double>> errs_;
+  std::vector<double> tols_;
+};
 
 // Requires `actual` finite, of `expected`'s shape, and rel_rms(actual, expected) < tol.
 inline void require_close(const std::string& what, const torch::Tensor& actual, const torch::Tensor& expected,
@@ -74,6 +136,18 @@ inline torch::Tensor randn(at::IntArrayRef shape, uint64_t seed, double scale = 
 inline torch::Tensor rand_mask(at::IntArrayRef shape, uint64_t seed, double p) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   return at::rand(shape, gen, torch::TensorOptions().dtype(torch::kDouble)).lt(p);
+}
+
+// Packed-document flags [b, t] for the chunked kernels' tests: ~2% random starts plus starts at the awkward
+// places of a 64-token chunking (a chunk's last and first token, just after a boundary, the last token) in
+// row 0, and a start at t = 0 in row 1 (which discards an initial state).
+inline torch::Tensor chunk_edge_resets(int64_t b, int64_t t, uint64_t seed) {
+  torch::Tensor r = rand_mask({b, t}, seed, 0.02);
+  auto a = r.accessor<bool, 2>();
+  for (int64_t pos : {int64_t{63}, int64_t{64}, int64_t{66}, int64_t{130}, t - 1})
+    if (pos > 0 && pos < t) a[0][pos] = true;
+  if (b > 1) a[1][0] = true;
+  return r;
 }
 
 // sum_i <outs[i], w_i> with fixed random w_i (seeded by position): a scalar that depends on every output

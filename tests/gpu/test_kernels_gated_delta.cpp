@@ -52,15 +52,6 @@ struct Inputs {
   Tensor q, k, v, g, beta, s0, reset;  // on the GPU; q, k, v in the case's dtype, the rest fp32
 };
 
-Tensor make_reset(int64_t b, int64_t t, uint64_t seed) {
-  Tensor r = subq::test::rand_mask({b, t}, seed, 0.02);
-  auto a = r.accessor<bool, 2>();
-  for (int64_t pos : {int64_t{63}, int64_t{64}, int64_t{66}, int64_t{130}, t - 1})
-    if (pos > 0 && pos < t) a[0][pos] = true;
-  if (b > 1) a[1][0] = true;
-  return r;
-}
-
 Inputs make_inputs(const Case& c, uint64_t seed) {
   using subq::test::randn;
   auto dev = torch::kCUDA;
@@ -78,30 +69,12 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   in.g = (c.fast ? -torch::softplus(z) : -torch::softplus(z * 0.5 - 4.0)).to(dev, torch::kFloat32);
   in.beta = (torch::sigmoid(randn({c.b, c.h, c.t}, seed + 5)) * (c.neg ? 2.0 : 1.0)).to(dev, torch::kFloat32);
   if (c.init) in.s0 = randn({c.b, c.h, c.dv, c.dk}, seed + 6, 0.5).to(dev, torch::kFloat32);
-  if (c.reset) in.reset = make_reset(c.b, c.t, seed + 7).to(dev);
+  if (c.reset) in.reset = subq::test::chunk_edge_resets(c.b, c.t, seed + 7).to(dev);
   return in;
 }
 
-struct Report {
-  std::string line;
-  std::vector<std::pair<std::string, double>> errs;
-  std::vector<double> tols;
-  void add(const std::string& name, const Tensor& got, const Tensor& want, double tol) {
-    double e = std::nan("");
-    if (got.defined() && want.defined() && got.sizes() == want.sizes()) e = rel_rms(got, want);
-    line += subq::str(" ", name, " ", e);
-    errs.emplace_back(name, e);
-    tols.push_back(tol);
-  }
-  void check(const std::string& what) {
-    std::printf("[gated-delta-kernel] %s:%s\n", what.c_str(), line.c_str());
-    std::fflush(stdout);
-    for (size_t i = 0; i < errs.size(); ++i) {
-      INFO(what << ": " << errs[i].first << " relative RMS error " << errs[i].second << " (tolerance " << tols[i]
-                << ")");
-      CHECK(errs[i].second < tols[i]);
-    }
-  }
+struct Report : subq::test::ErrorReport {
+  Report() : ErrorReport("gated-delta-kernel") {}
 };
 
 void compare_case(const Case& c, uint64_t seed) {
@@ -205,15 +178,14 @@ TEST_CASE("gated_delta dispatch follows SUBQ_OPS_IMPL", "[gpu][gated_delta]") {
   c.t = 200;
   c.init = c.reset = true;
   const Inputs in = make_inputs(c, 77);
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  auto set = [](const char* v) { ::setenv("SUBQ_OPS_IMPL", v, 1); };
+  subq::test::OpsImplEnv env;
+  auto set = [&env](const char* v) { env.set(v); };
   torch::NoGradGuard ng;
   subq::ops::GatedDeltaOptions o32;
   o32.chunk_size = 32;
   const auto kernel = subq::ops::gated_delta_cuda(in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset);
   const auto chunk = subq::ops::gated_delta_chunkwise(in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset, o32);
-  ::unsetenv("SUBQ_OPS_IMPL");
+  env.set(nullptr);
   auto r = subq::ops::gated_delta(in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset, o32);
   CHECK(torch::equal(r.o, kernel.o));
   set("auto");
@@ -235,10 +207,6 @@ TEST_CASE("gated_delta dispatch follows SUBQ_OPS_IMPL", "[gpu][gated_delta]") {
   CHECK(torch::equal(r.o, subq::ops::gated_delta_chunkwise(in.q, in.k, v48, in.g, in.beta, {}, {}, o32).o));
   set("triton");
   CHECK_THROWS_AS(subq::ops::gated_delta(in.q, in.k, in.v, in.g, in.beta), subq::UsageError);
-  if (prev)
-    set(saved.c_str());
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }
 
 TEST_CASE("gated_delta decode kernel matches gated_delta_step; T decode steps match the sequence path",
@@ -352,14 +320,13 @@ TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients
   const Tensor tok = torch::randint(0, 301, {2, 300}, i64);
   Tensor doc = torch::zeros({2, 300}, torch::TensorOptions().dtype(torch::kBool).device(torch::kCUDA));
   doc.index_put_({0, 100}, true);
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
+  subq::test::OpsImplEnv env;
   struct Out {
     Tensor logits;
     std::vector<Tensor> grads;
   };
   auto run = [&](const char* impl, bool autocast) {
-    ::setenv("SUBQ_OPS_IMPL", impl, 1);
+    env.set(impl);
     m->zero_grad();
     Out o;
     {
@@ -386,12 +353,11 @@ TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients
     const double ek = rel_rms(kern.grads[i], truth.grads[i]), er = rel_rms(ref.grads[i], truth.grads[i]);
     worst_excess = std::max(worst_excess, ek / std::max(2 * er, 1e-2));
   }
-  rep.errs.emplace_back("worst_grad_error_over_allowed", worst_excess);
-  rep.tols.push_back(1.0);
-  rep.line += subq::str(" worst_grad_error_over_allowed ", worst_excess, " (reference-autocast logits error ", e_ref, ")");
+  rep.add_value("worst_grad_error_over_allowed", worst_excess, 1.0,
+                subq::str(" (reference-autocast logits error ", e_ref, ")"));
   // decoding through the kernels (prefill + decode steps) equals the full forward through the kernels
   {
-    ::setenv("SUBQ_OPS_IMPL", "cuda", 1);
+    env.set("cuda");
     torch::NoGradGuard ng;
     const Tensor t1 = tok.narrow(0, 0, 1);
     const Tensor full = m->forward(t1);
@@ -400,9 +366,5 @@ TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients
     for (int64_t t = 250; t < 300; ++t) parts.push_back(m->step(t1.narrow(1, t, 1), *st));
     rep.add("decode_vs_full", torch::cat(parts, 1), full, 1e-4);
   }
-  if (prev)
-    ::setenv("SUBQ_OPS_IMPL", saved.c_str(), 1);
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
   rep.check("gdn model bf16 autocast, kernels vs references");
 }

@@ -91,18 +91,13 @@ TEST_CASE("rms_norm dispatch follows SUBQ_OPS_IMPL on the GPU", "[gpu][norm]") {
   if (!why.empty()) SUBQ_SKIP(why);
   const auto o = torch::TensorOptions().device(torch::kCUDA);
   const Tensor x = torch::randn({4, 64}, o), w = torch::randn({64}, o);
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  ::unsetenv("SUBQ_OPS_IMPL");
+  subq::test::OpsImplEnv env;
+  env.set(nullptr);
   CHECK(torch::equal(subq::ops::rms_norm(x, w, 1e-6), subq::ops::rms_norm_cuda(x, w, 1e-6)));
-  ::setenv("SUBQ_OPS_IMPL", "reference", 1);
+  env.set("reference");
   CHECK(torch::equal(subq::ops::rms_norm(x, w, 1e-6), subq::ops::rms_norm_reference(x, w, 1e-6)));
-  ::setenv("SUBQ_OPS_IMPL", "cuda", 1);
+  env.set("cuda");
   // cuda: like auto (fp64 runs the reference)
   CHECK(torch::equal(subq::ops::rms_norm(x.to(torch::kFloat64), w.to(torch::kFloat64), 1e-6),
                      subq::ops::rms_norm_reference(x.to(torch::kFloat64), w.to(torch::kFloat64), 1e-6)));
-  if (prev)
-    ::setenv("SUBQ_OPS_IMPL", saved.c_str(), 1);
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }

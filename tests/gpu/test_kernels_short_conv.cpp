@@ -98,21 +98,16 @@ TEST_CASE("short_conv dispatch follows SUBQ_OPS_IMPL on the GPU", "[gpu][short_c
   if (!why.empty()) SUBQ_SKIP(why);
   const auto o = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
   const Tensor x = torch::randn({2, 50, 16}, o), w = torch::randn({16, 4}, o.dtype(torch::kFloat32));
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  ::unsetenv("SUBQ_OPS_IMPL");
+  subq::test::OpsImplEnv env;
+  env.set(nullptr);
   const Tensor kern = subq::ops::short_conv_cuda(x, w, {}, true).y;
   CHECK(torch::equal(subq::ops::short_conv(x, w, {}, true).y, kern));  // auto takes the kernel
-  ::setenv("SUBQ_OPS_IMPL", "reference", 1);
+  env.set("reference");
   const Tensor ref = subq::ops::short_conv(x, w, {}, true).y;
   CHECK(torch::equal(ref, subq::ops::short_conv_parallel(x, w, {}, true).y));
-  ::setenv("SUBQ_OPS_IMPL", "cuda", 1);
+  env.set("cuda");
   const Tensor cache = torch::zeros({2, 3, 16}, o.dtype(torch::kFloat32));
   // cuda forces the recurrence kernels only: a cached call still runs (the reference)
   CHECK(torch::equal(subq::ops::short_conv(x, w, {}, true, cache).y, subq::ops::short_conv_parallel(x, w, {}, true, cache).y));
   CHECK(torch::equal(subq::ops::short_conv(x, w, {}, true).y, kern));
-  if (prev)
-    ::setenv("SUBQ_OPS_IMPL", saved.c_str(), 1);
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }

@@ -48,17 +48,6 @@ struct Inputs {
   Tensor x, dt, A, B, C, D, h0, reset;  // on the GPU; x, B, C in the case's dtype, the rest fp32
 };
 
-// Packed documents: ~2% random starts plus starts at awkward places (a chunk boundary, right before and
-// after it, t = 0 of row 1 (drops the initial state), the last token).
-Tensor make_reset(int64_t b, int64_t t, uint64_t seed) {
-  Tensor r = subq::test::rand_mask({b, t}, seed, 0.02);
-  auto a = r.accessor<bool, 2>();
-  for (int64_t pos : {int64_t{63}, int64_t{64}, int64_t{66}, int64_t{130}, t - 1})
-    if (pos > 0 && pos < t) a[0][pos] = true;
-  if (b > 1) a[1][0] = true;
-  return r;
-}
-
 Inputs make_inputs(const Case& c, uint64_t seed) {
   using subq::test::randn;
   auto dev = torch::kCUDA;
@@ -74,31 +63,12 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   in.A = (c.fast ? -(1.0 + 15.0 * u) : -(0.05 + u)).to(dev, torch::kFloat32);
   if (c.D) in.D = randn({c.h}, seed + 6).to(dev, torch::kFloat32);
   if (c.init) in.h0 = randn({c.b, c.h, c.p, c.n}, seed + 7).to(dev, torch::kFloat32);
-  if (c.reset) in.reset = make_reset(c.b, c.t, seed + 8).to(dev);
+  if (c.reset) in.reset = subq::test::chunk_edge_resets(c.b, c.t, seed + 8).to(dev);
   return in;
 }
 
-// Relative RMS errors of one comparison, collected for one printed line and checked afterwards.
-struct Report {
-  std::string line;
-  std::vector<std::pair<std::string, double>> errs;
-  std::vector<double> tols;
-  void add(const std::string& name, const Tensor& got, const Tensor& want, double tol) {
-    double e = std::nan("");
-    if (got.defined() && want.defined() && got.sizes() == want.sizes()) e = rel_rms(got, want);
-    line += subq::str(" ", name, " ", e);
-    errs.emplace_back(name, e);
-    tols.push_back(tol);
-  }
-  void check(const std::string& what) {
-    std::printf("[ssd-kernel] %s:%s\n", what.c_str(), line.c_str());
-    std::fflush(stdout);
-    for (size_t i = 0; i < errs.size(); ++i) {
-      INFO(what << ": " << errs[i].first << " relative RMS error " << errs[i].second << " (tolerance " << tols[i]
-                << ")");
-      CHECK(errs[i].second < tols[i]);
-    }
-  }
+struct Report : subq::test::ErrorReport {
+  Report() : ErrorReport("ssd-kernel") {}
 };
 
 // Runs the kernel and the fp32 reference on the same values; compares outputs, final states and gradients
@@ -257,13 +227,12 @@ TEST_CASE("ssd dispatch follows SUBQ_OPS_IMPL", "[gpu][ssd]") {
   c.t = 200;
   c.init = c.reset = true;
   const Inputs in = make_inputs(c, 77);
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  auto set = [](const char* v) { ::setenv("SUBQ_OPS_IMPL", v, 1); };
+  subq::test::OpsImplEnv env;
+  auto set = [&env](const char* v) { env.set(v); };
   torch::NoGradGuard ng;
   const auto kernel = subq::ops::ssd_cuda(in.x, in.dt, in.A, in.B, in.C, in.D, in.h0, in.reset);
   const auto chunk = subq::ops::ssd_chunkwise(in.x, in.dt, in.A, in.B, in.C, in.D, in.h0, in.reset, 32);
-  ::unsetenv("SUBQ_OPS_IMPL");
+  env.set(nullptr);
   auto r = subq::ops::ssd(in.x, in.dt, in.A, in.B, in.C, in.D, in.h0, in.reset, 32);
   CHECK(torch::equal(r.y, kernel.y));
   set("auto");
@@ -285,10 +254,6 @@ TEST_CASE("ssd dispatch follows SUBQ_OPS_IMPL", "[gpu][ssd]") {
   CHECK(torch::equal(r.y, ref32.y));
   set("triton");
   CHECK_THROWS_AS(subq::ops::ssd(in.x, in.dt, in.A, in.B, in.C), subq::UsageError);
-  if (prev)
-    set(saved.c_str());
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }
 
 TEST_CASE("ssd decode kernel matches ssd_step; decoding T tokens matches the sequence kernel", "[gpu][ssd]") {

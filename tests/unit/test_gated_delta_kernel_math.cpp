@@ -173,9 +173,8 @@ TEST_CASE("gated delta dispatch on the CPU runs the references; kernel entries r
   const Tensor q = randn({1, 2, 10, 64}, 1, 0.1).to(torch::kFloat32), k = randn({1, 2, 10, 64}, 2, 0.1).to(torch::kFloat32);
   const Tensor v = randn({1, 2, 10, 64}, 3).to(torch::kFloat32);
   const Tensor g = -torch::rand({1, 2, 10}), beta = torch::rand({1, 2, 10});
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  ::unsetenv("SUBQ_OPS_IMPL");
+  subq::test::OpsImplEnv env;
+  env.set(nullptr);
   subq::ops::GatedDeltaOptions o;
   o.chunk_size = 4;
   const auto ref = subq::ops::gated_delta_chunkwise(q, k, v, g, beta, {}, {}, o);
@@ -191,12 +190,8 @@ TEST_CASE("gated delta dispatch on the CPU runs the references; kernel entries r
   CHECK_THROWS_AS(subq::ops::gated_delta_step_cuda(q.select(2, 0), k.select(2, 0), v.select(2, 0), g.select(2, 0),
                                                    beta.select(2, 0), Tensor()),
                   subq::InputError);
-  ::setenv("SUBQ_OPS_IMPL", "cuda", 1);
+  env.set("cuda");
   CHECK_THROWS_AS(subq::ops::gated_delta(q, k, v, g, beta), subq::InputError);
-  ::setenv("SUBQ_OPS_IMPL", "reference", 1);
+  env.set("reference");
   CHECK(torch::equal(subq::ops::gated_delta(q, k, v, g, beta, {}, {}, o).o, ref.o));
-  if (prev)
-    ::setenv("SUBQ_OPS_IMPL", saved.c_str(), 1);
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }

@@ -5,10 +5,11 @@
 // fp64 for T <= 200, the chunkwise form in fp64 beyond; autograd through the stabiliser's max in both) and
 // an fp64 recurrence with every m held constant (what the backward kernels differentiate; T <= 200).
 // This separates a kernel error, an ill-conditioned quantity (kernel and reference far apart, the difference
-// small against the size of the terms summed: the GPU test's bound, tests/mlstm_gpu_cases.h), the design's
+// small against the size of the terms summed, tests/mlstm_gpu_cases.h), the design's
 // m-constant approximation, and a GPU-only effect (the emulator agrees where the GPU did not). Each case
 // prints every tensor's errors and the tokens that carry dq's and h's error (with m, qn and the floor).
-// Findings for the H200 run of 17ac015: docs/perf/mlstm.md, "H200 gradient failures".
+// Findings for the H200 run of 17ac015 and the precision fixes after it: docs/perf/mlstm.md, "H200 gradient
+// failures".
 //
 // The T = 1 cases run in the CPU suite (they are cheap); the others are hidden ("[.]" tag; ~1-5 min each
 // under the emulator): run them with
@@ -275,50 +276,41 @@ std::vector<size_t> selected(const std::vector<size_t>& dflt) {
   return out;
 }
 
-}  // namespace
 
-// The GPU test's gradient criterion on the CPU replay of its T = 1 cases (all of which failed the plain
-// relative check on the H200, the emulator reproducing the H200's numbers to the printed digits):
-//  * the two paths add up to the reference's gradient (the decomposition the scale rests on);
-//  * the kernels pass the criterion (h and every gradient), while the plain relative check fails them;
-//  * the criterion still has teeth: the kernels' gradients with the denominator path dropped (the plausible
-//    bug of a normaliser-gradient kernel) fail it wherever that path is a tenth of the scale or more.
-TEST_CASE("mLSTM GPU-test gradient cases replayed under the emulator (T = 1)", "[ops][mlstm][kernels]") {
-  constexpr double kTol = 1e-2, kScaledTol = 5e-3;  // the GPU test's
-  const bool all_t1 = !std::getenv("SUBQ_MLSTM_CASES");
-  int plain_failures = 0;  // gradients over the old plain check (relative RMS < 1e-2)
-  for (size_t i : selected({0, 1, 2, 3, 4, 5, 6, 7, 8, 9})) {
-    const Replay rp = replay(i, true);
-    INFO("case " << i << " " << mc::describe(mc::grad_cases()[i].c));
-    CHECK(mc::error_over_bound(rp.kernel.h, rp.ref.h, rp.h_scale, 5e-3, 5e-3) < 1.0);
-    for (size_t g = 0; g < rp.names.size(); ++g) {
-      INFO(rp.names[g]);
-      const mc::GradScale& sc = rp.scales[g];
-      const Tensor ref = rp.ref.g[g];
-      const double split = mc::scaled_error(sc.g_num.to(torch::kDouble) + sc.g_den.to(torch::kDouble), ref, sc);
-      INFO("||g_num + g_den - g_ref|| / scale = " << split);
-      CHECK(split < 1e-5);
-      const double e = mc::error_over_bound(rp.kernel.g[g], ref, sc, kTol, kScaledTol);
-      INFO("kernel: ||g_kernel - g_ref|| / bound = " << e << " (scaled " << mc::scaled_error(rp.kernel.g[g], ref, sc)
-                                                      << ", relative " << rel(rp.kernel.g[g], ref) << ")");
-      CHECK(e < 1.0);
-      if (!(rel(rp.kernel.g[g], ref) < kTol)) ++plain_failures;
-      const double den_path = sc.g_den.to(torch::kDouble).norm().item<double>();
-      if (sc.norm > 0 && den_path >= 0.1 * sc.scale && g != 7) {
-        const double bad = mc::error_over_bound(rp.kernel.g[g] - sc.g_den.to(torch::kDouble), ref, sc, kTol, kScaledTol);
-        INFO("kernel without the denominator path: " << bad << " of the bound");
-        CHECK(bad > 1.0);
-      }
-    }
+// The GPU test's criterion (DESIGN.md: relative RMS error against the fp32 reference < 5e-3 for h, < 1e-2
+// for every gradient) on the replayed cases, plus the diagnostic decomposition g = g_num + g_den the printed
+// cancellation factor rests on.
+void check_case(size_t i) {
+  const Replay rp = replay(i, true);
+  INFO("case " << i << " " << mc::describe(mc::grad_cases()[i].c));
+  CHECK(rel(rp.kernel.h, rp.ref.h) < 5e-3);
+  for (size_t g = 0; g < rp.names.size(); ++g) {
+    INFO(rp.names[g]);
+    const mc::GradScale& sc = rp.scales[g];
+    const Tensor ref = rp.ref.g[g];
+    const double split = mc::scaled_error(sc.g_num.to(torch::kDouble) + sc.g_den.to(torch::kDouble), ref, sc);
+    INFO("||g_num + g_den - g_ref|| / scale = " << split);
+    CHECK(split < 1e-5);
+    const double e = rel(rp.kernel.g[g], ref);
+    INFO("kernel: relative RMS error " << e << " (scaled " << mc::scaled_error(rp.kernel.g[g], ref, sc)
+                                       << ", cancellation x" << (sc.norm > 0 ? sc.scale / sc.norm : 0.0) << ")");
+    CHECK(e < 1e-2);
   }
-  // The H200 run of 17ac015 failed 19 gradient checks at T = 1 (dfg in the 5 open cases; dk, dig, dn0, dm0;
-  // dq, dk, dig, dfg; dk, dig; dig; dq, dk, dig in the init cases): the replay reproduces exactly that many.
-  if (all_t1) CHECK(plain_failures == 19);
 }
 
+}  // namespace
+
+// The T = 1 cases run in the CPU suite (19 of their gradient checks failed on the H200 at 17ac015).
+TEST_CASE("mLSTM GPU-test gradient cases replayed under the emulator (T = 1)", "[ops][mlstm][kernels]") {
+  for (size_t i : selected({0, 1, 2, 3, 4, 5, 6, 7, 8, 9})) check_case(i);
+}
+
+// Every other case (hidden: ~10 s to ~5 min each under the emulator); SUBQ_MLSTM_CASES picks some.
 TEST_CASE("mLSTM GPU-test gradient cases replayed under the emulator (long)", "[.][mlstm-gpu-replay]") {
-  // the cases that failed on the H200 (commit 17ac015) beyond T = 1
-  for (size_t i : selected({13, 25, 36, 45})) replay(i, true);
+  std::vector<size_t> all;
+  for (size_t i = 10; i < mc::grad_cases().size(); ++i)
+    if (!mc::grad_cases()[i].state_loss) all.push_back(i);
+  for (size_t i : selected(all)) check_case(i);
 }
 
 #else

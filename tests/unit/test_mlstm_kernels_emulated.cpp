@@ -405,7 +405,8 @@ TEST_CASE("mLSTM dispatch falls back to the references on CPU", "[ops][mlstm]") 
   const Tensor q = randn({1, 2, 20, 16}, 1).to(torch::kFloat32), k = randn({1, 2, 20, 16}, 2).to(torch::kFloat32);
   const Tensor v = randn({1, 2, 20, 8}, 3).to(torch::kFloat32), ig = randn({1, 2, 20}, 4).to(torch::kFloat32);
   const Tensor fg = randn({1, 2, 20}, 5, 1.0, 2.0).to(torch::kFloat32);
-  ::unsetenv("SUBQ_OPS_IMPL");
+  subq::test::OpsImplEnv env;
+  env.set(nullptr);
   const auto a = subq::ops::mlstm(q, k, v, ig, fg, {}, {}, 8);
   const auto b = subq::ops::mlstm_chunkwise(q, k, v, ig, fg, {}, {}, 8);
   CHECK(torch::equal(a.h, b.h));
@@ -414,10 +415,10 @@ TEST_CASE("mLSTM dispatch falls back to the references on CPU", "[ops][mlstm]") 
   const auto s2 = subq::ops::mlstm_step(q.select(2, 0), k.select(2, 0), v.select(2, 0), ig.select(2, 0), fg.select(2, 0));
   CHECK(torch::equal(s1.h, s2.h));
   CHECK(!subq::ops::mlstm_cuda_unsupported(q, v).empty());
-  ::setenv("SUBQ_OPS_IMPL", "cuda", 1);
+  env.set("cuda");
   CHECK_THROWS_AS(subq::ops::mlstm(q, k, v, ig, fg), subq::InputError);
   CHECK_THROWS_AS(subq::ops::mlstm_decode(q.select(2, 0), k.select(2, 0), v.select(2, 0), ig.select(2, 0),
                                           fg.select(2, 0)),
                   subq::InputError);
-  ::unsetenv("SUBQ_OPS_IMPL");
+  env.set(nullptr);
 }

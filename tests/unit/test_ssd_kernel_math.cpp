@@ -199,9 +199,8 @@ TEST_CASE("ssd dispatch on the CPU runs the references; the kernel entry points 
   const Tensor A = -torch::ones({4});
   const Tensor B = randn({2, 2, 50, 64}, 3, 1.0, 0.0, torch::kFloat32), C = randn({2, 2, 50, 64}, 4, 1.0, 0.0, torch::kFloat32);
   const Tensor D = torch::ones({4});
-  const char* prev = std::getenv("SUBQ_OPS_IMPL");
-  const std::string saved = prev ? prev : "";
-  ::unsetenv("SUBQ_OPS_IMPL");
+  subq::test::OpsImplEnv env;
+  env.set(nullptr);
   CHECK(subq::ops::ops_impl() == subq::ops::OpsImpl::kAuto);
   CHECK_FALSE(subq::ops::ssd_cuda_unsupported(x, B).empty());
   auto r = subq::ops::ssd(x, dt, A, B, C, D, {}, {}, 16);
@@ -212,16 +211,12 @@ TEST_CASE("ssd dispatch on the CPU runs the references; the kernel entry points 
   auto s_ref = subq::ops::ssd_step(x.select(2, 0), dt.select(2, 0), A, B.select(2, 0), C.select(2, 0), D, r.final_state);
   CHECK(torch::equal(s.y, s_ref.y));
   CHECK_THROWS_AS(subq::ops::ssd_cuda(x, dt, A, B, C, D), subq::InputError);
-  ::setenv("SUBQ_OPS_IMPL", "reference", 1);
+  env.set("reference");
   CHECK(torch::equal(subq::ops::ssd(x, dt, A, B, C, D, {}, {}, 16).y, ref.y));
-  ::setenv("SUBQ_OPS_IMPL", "cuda", 1);
+  env.set("cuda");
   CHECK_THROWS_AS(subq::ops::ssd(x, dt, A, B, C, D), subq::InputError);
   CHECK_THROWS_AS(subq::ops::ssd_decode(x.select(2, 0), dt.select(2, 0), A, B.select(2, 0), C.select(2, 0), D, {}),
                   subq::InputError);
-  ::setenv("SUBQ_OPS_IMPL", "fast", 1);
+  env.set("fast");
   CHECK_THROWS_AS(subq::ops::ssd(x, dt, A, B, C, D), subq::UsageError);
-  if (prev)
-    ::setenv("SUBQ_OPS_IMPL", saved.c_str(), 1);
-  else
-    ::unsetenv("SUBQ_OPS_IMPL");
 }

@@ -6,7 +6,7 @@
 // The state is stored [B, H, Dv, Dk] ("value rows, key columns", so that o = S q and the write is v k^T);
 // this is the transpose of flash-linear-attention's [B, H, K, V] layout.
 //
-// Arguments (head-first layout, see /work/notes/ops.md):
+// Arguments (head-first layout, see docs/ops_ssd_gated_delta.md):
 //   q, k   [B, H, T, Dk]  taken as given: the caller L2-normalises q and k per head and scales q by
 //                         1/sqrt(Dk) (DESIGN.md). With options.l2_normalize_qk the op does exactly that
 //                         itself (x / sqrt(sum x^2 + 1e-6), then q * Dk^-1/2), differentiably.

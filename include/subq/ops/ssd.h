@@ -4,7 +4,7 @@
 //   h_t = exp(a_t) h_{t-1} + Delta_t x_t B_t^T          state h_t in R^{P x N}
 //   y_t = h_t C_t + D_h x_t
 //
-// Arguments (head-first layout, see /work/notes/ops.md; T = time, P = head dim, N = state dim):
+// Arguments (head-first layout, see docs/ops_ssd_gated_delta.md; T = time, P = head dim, N = state dim):
 //   x      [B, H, T, P]  any float dtype; y is returned in x's dtype. B and C must share x's dtype.
 //   dt     [B, H, T]     Delta_t, the positive step size (the caller applies softplus(dt + dt_bias)).
 //   A      [H]           one negative scalar per head (the caller computes A = -exp(A_log)).

@@ -1,6 +1,7 @@
 // gated_delta_checks.cpp — argument checks and the optional in-op q/k normalisation (see
 // gated_delta_internal.h).
 #include <cmath>
+#include <tuple>
 
 #include "ops/common/chunk_decay.h"
 #include "ops/gated_delta/gated_delta_internal.h"
@@ -44,6 +45,20 @@ std::pair<torch::Tensor, torch::Tensor> gated_delta_prepare_qk(const torch::Tens
   auto l2 = [](const torch::Tensor& x) { return x * torch::rsqrt(x.square().sum(-1, true) + 1e-6); };
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   return {l2(q) * scale, l2(k)};
+}
+
+GatedDeltaDims gated_delta_step_check(const std::string& op, const torch::Tensor& q_t, const torch::Tensor& k_t,
+                                      const torch::Tensor& v_t, const torch::Tensor& g_t, const torch::Tensor& beta_t,
+                                      const torch::Tensor& state) {
+  for (auto [name, t, want] : {std::tuple<const char*, const torch::Tensor*, int64_t>{"q_t", &q_t, 3},
+                               {"k_t", &k_t, 3}, {"v_t", &v_t, 3}, {"g_t", &g_t, 2}, {"beta_t", &beta_t, 2}}) {
+    check_float(op, name, *t);
+    if (t->dim() != want)
+      throw InputError(str(op, ": ", name, " has ", t->dim(), " dimensions; expected ", want,
+                           want == 3 ? " ([B, H, D])" : " ([B, H])"));
+  }
+  return gated_delta_check(op, q_t.unsqueeze(2), k_t.unsqueeze(2), v_t.unsqueeze(2), g_t.unsqueeze(-1),
+                           beta_t.unsqueeze(-1), state, {});
 }
 
 }  // namespace subq::ops::detail

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 
+#include "ops/common/kernel_glue.h"
 #include "ops/common/chunk_decay.h"
 #include "ops/gated_delta/gated_delta_cuda.h"
 #include "ops/gated_delta/gated_delta_internal.h"
@@ -45,19 +46,14 @@ namespace subq::ops {
 namespace {
 
 using torch::Tensor;
+using detail::glue::stream_of;
+using detail::glue::ptr_or_null;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr int64_t kChunk = detail::kGdnMaxChunk;
 
-void* stream_of(const Tensor& t) {
-  return t.is_cuda() ? at::accelerator::getCurrentStream(t.device().index()).native_handle() : nullptr;
-}
 
-template <typename P>
-P* ptr_or_null(const Tensor& t) {
-  return t.defined() && t.numel() > 0 ? t.data_ptr<P>() : nullptr;
-}
 
 const detail::GatedDeltaLaunchers* launchers_of(AutogradContext* ctx) {
   return reinterpret_cast<const detail::GatedDeltaLaunchers*>(ctx->saved_data["launchers"].toInt());
@@ -423,15 +419,7 @@ GatedDeltaResult gated_delta_step_cuda(const torch::Tensor& q_t, const torch::Te
                                        const torch::Tensor& g_t, const torch::Tensor& beta_t,
                                        const torch::Tensor& state, const GatedDeltaOptions& options) {
   const std::string op = "gated_delta_step_cuda";
-  for (auto [name, t, want] : {std::tuple<const char*, const torch::Tensor*, int64_t>{"q_t", &q_t, 3},
-                               {"k_t", &k_t, 3}, {"v_t", &v_t, 3}, {"g_t", &g_t, 2}, {"beta_t", &beta_t, 2}}) {
-    detail::check_float(op, name, *t);
-    if (t->dim() != want)
-      throw InputError(str(op, ": ", name, " has ", t->dim(), " dimensions; expected ", want,
-                           want == 3 ? " ([B, H, D])" : " ([B, H])"));
-  }
-  detail::GatedDeltaDims d = detail::gated_delta_check(op, q_t.unsqueeze(2), k_t.unsqueeze(2), v_t.unsqueeze(2),
-                                                       g_t.unsqueeze(-1), beta_t.unsqueeze(-1), state, {});
+  detail::GatedDeltaDims d = detail::gated_delta_step_check(op, q_t, k_t, v_t, g_t, beta_t, state);
   const auto& L = detail::gated_delta_cuda_launchers();
   if (!L.built) throw InputError(str(op, ": this build has no CUDA kernels; use gated_delta_step()"));
   if (!q_t.is_cuda()) throw InputError(str(op, ": the inputs are on ", q_t.device(), "; use gated_delta_step()"));

@@ -9,11 +9,10 @@
 //    probe of this file's kernel image.
 #include <cuda_runtime.h>
 
-#include <map>
-#include <mutex>
 
 #include "ops/gated_delta/gated_delta_cuda.h"
 #include "ops/gated_delta/gated_delta_cuda_kernels.cuh"
+#include "ops/common/cuda_device.h"
 #include "subq/core/error.h"
 #include "subq/ops/cuda_check.h"
 
@@ -100,33 +99,7 @@ void unit_lower_inverse(const GdnInverseArgs& a, void* stream) {
 }
 
 std::string device_error(int device) {
-  static std::mutex mu;
-  static std::map<int, std::string> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(device);
-  if (it != cache.end()) return it->second;
-  std::string err;
-  int prev = 0;
-  if (cudaGetDevice(&prev) != cudaSuccess) return "cannot query the current CUDA device";
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    err = str("cannot query CUDA device ", device);
-  } else if (cudaSetDevice(device) == cudaSuccess) {
-    cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, gdn_scan_fwd_kernel<128>);
-    if (e != cudaSuccess) {
-      err = str("no Gated DeltaNet kernel image for CUDA device ", device, " (", prop.name, ", sm_", prop.major,
-                prop.minor, "): ", cudaGetErrorString(e), "; rebuild with -DSUBQ_CUDA_ARCHS including ",
-                prop.major, prop.minor, prop.major == 9 ? "a" : "");
-      cudaGetLastError();  // clear the (non-sticky) error so that later launch checks do not report it
-    }
-    cudaSetDevice(prev);
-  } else {
-    err = str("cannot select CUDA device ", device);
-    cudaGetLastError();
-  }
-  cache[device] = err;
-  return err;
+  return kernel_device_error(device, reinterpret_cast<const void*>(&gdn_scan_fwd_kernel<128>), "Gated DeltaNet", 7);
 }
 
 }  // namespace

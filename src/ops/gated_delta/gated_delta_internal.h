@@ -18,6 +18,12 @@ GatedDeltaDims gated_delta_check(const std::string& op, const torch::Tensor& q, 
                                  const torch::Tensor& v, const torch::Tensor& g, const torch::Tensor& beta,
                                  const torch::Tensor& initial_state, const torch::Tensor& reset);
 
+// Checks the arguments of one decoding step (gated_delta_step / gated_delta_step_cuda: q_t, k_t [B, H, Dk],
+// v_t [B, H, Dv], g_t, beta_t [B, H], state [B, H, Dv, Dk]) with the sequence rules, viewing it as T = 1.
+GatedDeltaDims gated_delta_step_check(const std::string& op, const torch::Tensor& q_t, const torch::Tensor& k_t,
+                                      const torch::Tensor& v_t, const torch::Tensor& g_t, const torch::Tensor& beta_t,
+                                      const torch::Tensor& state);
+
 // q, k already in the compute dtype; when `normalize`, returns (q / |q| / sqrt(Dk), k / |k|) with
 // |x| = sqrt(sum x^2 + 1e-6) over the last dimension, else (q, k) unchanged.
 std::pair<torch::Tensor, torch::Tensor> gated_delta_prepare_qk(const torch::Tensor& q, const torch::Tensor& k,

@@ -33,16 +33,7 @@ GatedDeltaResult gated_delta_step(const torch::Tensor& q_t, const torch::Tensor&
                                   const torch::Tensor& g_t, const torch::Tensor& beta_t,
                                   const torch::Tensor& state, const GatedDeltaOptions& options) {
   const std::string op = "gated_delta_step";
-  for (auto [name, t, want] : {std::tuple<const char*, const torch::Tensor*, int64_t>{"q_t", &q_t, 3},
-                               {"k_t", &k_t, 3}, {"v_t", &v_t, 3}, {"g_t", &g_t, 2}, {"beta_t", &beta_t, 2}}) {
-    detail::check_float(op, name, *t);
-    if (t->dim() != want)
-      throw InputError(str(op, ": ", name, " has ", t->dim(), " dimensions; expected ", want,
-                           want == 3 ? " ([B, H, D])" : " ([B, H])"));
-  }
-  // Reuse the sequence checks by viewing the step as a sequence of length 1.
-  detail::GatedDeltaDims d = detail::gated_delta_check(op, q_t.unsqueeze(2), k_t.unsqueeze(2), v_t.unsqueeze(2),
-                                                       g_t.unsqueeze(-1), beta_t.unsqueeze(-1), state, {});
+  detail::GatedDeltaDims d = detail::gated_delta_step_check(op, q_t, k_t, v_t, g_t, beta_t, state);
   auto ct = detail::compute_dtype({&q_t, &k_t, &v_t, &g_t, &beta_t, &state});
   auto [q, k] = detail::gated_delta_prepare_qk(q_t.to(ct), k_t.to(ct), options.l2_normalize_qk);
   torch::Tensor s = state.defined() ? state.to(ct)

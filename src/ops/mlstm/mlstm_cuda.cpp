@@ -27,6 +27,7 @@
 
 #include <cstdint>
 
+#include "ops/common/kernel_glue.h"
 #include "ops/common/op_inputs.h"
 #include "ops/mlstm/mlstm_cuda.h"
 #include "ops/mlstm/mlstm_internal.h"
@@ -39,20 +40,16 @@ namespace subq::ops {
 namespace {
 
 using torch::Tensor;
+using detail::glue::rows_aligned;
+using detail::glue::rows16;
+using detail::glue::stream_of;
+using detail::glue::ptr_or_null;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr int64_t kChunk = 64;
 constexpr int64_t kMaxGridYZ = 65535;
 
-bool rows_aligned(const Tensor& t) {
-  if (t.dim() < 1 || (t.stride(-1) != 1 && t.size(-1) != 1)) return false;
-  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d)
-    if (t.size(d) > 1 && (t.stride(d) * static_cast<int64_t>(t.element_size())) % 16 != 0) return false;
-  return true;
-}
-Tensor rows16(const Tensor& t) { return rows_aligned(t) ? t : t.clone(at::MemoryFormat::Contiguous); }
 
 detail::MlstmKernelDtype kernel_dtype(torch::ScalarType t) {
   switch (t) {
@@ -65,15 +62,7 @@ detail::MlstmKernelDtype kernel_dtype(torch::ScalarType t) {
 
 detail::MlstmRows rows_of(const Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 
-// The current stream's cudaStream_t; null for CPU tensors (the CPU emulator of the tests ignores it).
-void* stream_of(const Tensor& t) {
-  return t.is_cuda() ? at::accelerator::getCurrentStream(t.device().index()).native_handle() : nullptr;
-}
 
-template <typename P>
-const P* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<P>() : nullptr;
-}
 
 Tensor f32c(const Tensor& t) { return t.defined() ? t.to(torch::kFloat32).contiguous() : Tensor(); }
 

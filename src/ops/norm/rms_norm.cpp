@@ -16,6 +16,7 @@
 
 #include <algorithm>
 
+#include "ops/common/kernel_glue.h"
 #include "ops/norm/rms_norm_cuda.h"
 #include "ops/norm/rms_norm_internal.h"
 #include "subq/core/error.h"
@@ -27,6 +28,7 @@ namespace subq::ops {
 namespace {
 
 using torch::Tensor;
+using detail::glue::stream_of;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -50,9 +52,6 @@ detail::NormDtype norm_dtype(torch::ScalarType t) {
   return detail::NormDtype::kF32;
 }
 
-void* stream_of(const Tensor& t) {
-  return t.is_cuda() ? at::accelerator::getCurrentStream(t.device().index()).native_handle() : nullptr;
-}
 
 class RmsNormCudaFunction : public torch::autograd::Function<RmsNormCudaFunction> {
  public:
@@ -163,7 +162,7 @@ std::string rms_norm_cuda_unsupported(const Tensor& x, const Tensor& weight, con
   if (x.size(-1) / groups > detail::kNormMaxGroupDim)
     return str("D / groups = ", x.size(-1) / groups, " exceeds ", detail::kNormMaxGroupDim);
   if (groups > 65535 || x.size(-1) > (int64_t{1} << 30)) return "too many groups or features for the kernel";
-  return "";
+  return detail::rms_norm_cuda_device_error(x.device().index());
 }
 
 namespace detail {

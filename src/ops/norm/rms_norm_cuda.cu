@@ -5,6 +5,7 @@
 
 #include "ops/norm/rms_norm_cuda.cuh"
 #include "ops/norm/rms_norm_cuda.h"
+#include "ops/common/cuda_device.h"
 #include "subq/core/error.h"
 #include "subq/ops/cuda_check.h"
 
@@ -49,6 +50,10 @@ struct Bwd {
 }  // namespace
 
 bool rms_norm_cuda_built() { return true; }
+
+std::string rms_norm_cuda_device_error(int device) {
+  return kernel_device_error(device, reinterpret_cast<const void*>(&rms_norm_fwd_kernel<float, float>), "RMS-norm", 8);
+}
 
 void rms_norm_cuda_fwd(const RmsNormArgs& a, void* stream) {
   SUBQ_CHECK((a.rows + kNormWarps - 1) / kNormWarps <= 0x7fffffff && a.groups <= 65535, "rms_norm_cuda: grid too large");

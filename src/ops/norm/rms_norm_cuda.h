@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace subq::ops::detail {
 
@@ -35,6 +36,8 @@ struct RmsNormArgs {
 };
 
 bool rms_norm_cuda_built();
+// "" when the kernels have an image for CUDA device `device`, else why not (cached).
+std::string rms_norm_cuda_device_error(int device);
 void rms_norm_cuda_fwd(const RmsNormArgs& a, void* stream);
 void rms_norm_cuda_bwd(const RmsNormArgs& a, void* stream);
 

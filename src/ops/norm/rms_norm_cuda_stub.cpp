@@ -13,6 +13,7 @@ namespace {
 }  // namespace
 
 bool rms_norm_cuda_built() { return false; }
+std::string rms_norm_cuda_device_error(int) { return "subq was built without CUDA kernels (no nvcc at configure time)"; }
 void rms_norm_cuda_fwd(const RmsNormArgs&, void*) { no_cuda(); }
 void rms_norm_cuda_bwd(const RmsNormArgs&, void*) { no_cuda(); }
 

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "ops/common/kernel_glue.h"
 #include "../common/op_inputs.h"
 #include "ops/short_conv/short_conv_cuda.h"
 #include "ops/short_conv/short_conv_internal.h"
@@ -31,6 +32,7 @@ namespace subq::ops {
 namespace {
 
 using torch::Tensor;
+using detail::glue::stream_of;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -40,9 +42,6 @@ bool pair_aligned(const Tensor& t) {
 }
 Tensor pairs(const Tensor& t) { return pair_aligned(t) ? t : t.contiguous(); }
 
-void* stream_of(const Tensor& t) {
-  return t.is_cuda() ? at::accelerator::getCurrentStream(t.device().index()).native_handle() : nullptr;
-}
 
 detail::ConvKernelDtype kernel_dtype(torch::ScalarType t) {
   return t == torch::kFloat16 ? detail::ConvKernelDtype::kF16 : detail::ConvKernelDtype::kBF16;
@@ -179,7 +178,7 @@ std::string short_conv_cuda_unsupported(const Tensor& x, const Tensor& weight, c
   if (x.size(0) > 65535 || detail::short_conv_tiles(static_cast<int>(std::min<int64_t>(x.size(1), INT32_MAX))) > 65535 ||
       x.size(1) > (int64_t{1} << 30))
     return str("B = ", x.size(0), " or T = ", x.size(1), " is too large for the kernel's grid");
-  return "";
+  return detail::short_conv_cuda_device_error(x.device().index());
 }
 
 ShortConvResult short_conv_cuda(const Tensor& x, const Tensor& weight, const Tensor& bias, bool silu,

@@ -6,6 +6,7 @@
 
 #include "ops/short_conv/short_conv_cuda.cuh"
 #include "ops/short_conv/short_conv_cuda.h"
+#include "ops/common/cuda_device.h"
 #include "subq/core/error.h"
 #include "subq/ops/cuda_check.h"
 
@@ -52,6 +53,11 @@ void check_grid(const ShortConvArgs& a) {
 }  // namespace
 
 bool short_conv_cuda_built() { return true; }
+
+std::string short_conv_cuda_device_error(int device) {
+  return kernel_device_error(device, reinterpret_cast<const void*>(&short_conv_fwd_kernel<__nv_bfloat16, 4>),
+                             "short-convolution", 8);
+}
 
 void short_conv_cuda_fwd(const ShortConvArgs& a, ConvKernelDtype dtype, void* stream) {
   check_grid(a);

@@ -38,6 +38,8 @@ struct ShortConvArgs {
 inline int short_conv_tiles(int time) { return (time + kShortConvTileT - 1) / kShortConvTileT; }
 
 bool short_conv_cuda_built();
+// "" when the kernels have an image for CUDA device `device`, else why not (cached).
+std::string short_conv_cuda_device_error(int device);
 void short_conv_cuda_fwd(const ShortConvArgs& a, ConvKernelDtype dtype, void* stream);
 void short_conv_cuda_bwd(const ShortConvArgs& a, ConvKernelDtype dtype, void* stream);
 

@@ -13,6 +13,7 @@ namespace {
 }  // namespace
 
 bool short_conv_cuda_built() { return false; }
+std::string short_conv_cuda_device_error(int) { return "subq was built without CUDA kernels (no nvcc at configure time)"; }
 void short_conv_cuda_fwd(const ShortConvArgs&, ConvKernelDtype, void*) { no_cuda(); }
 void short_conv_cuda_bwd(const ShortConvArgs&, ConvKernelDtype, void*) { no_cuda(); }
 

@@ -34,13 +34,7 @@ SsdResult ssd_step(const torch::Tensor& x_t, const torch::Tensor& dt_t, const to
                    const torch::Tensor& B_t, const torch::Tensor& C_t, const torch::Tensor& D,
                    const torch::Tensor& state) {
   const std::string op = "ssd_step";
-  detail::check_float(op, "x_t", x_t);
-  detail::check_float(op, "B_t", B_t);
-  if (x_t.dim() != 3) throw InputError(str(op, ": x_t has ", x_t.dim(), " dimensions; expected [B, H, P]"));
-  if (B_t.dim() != 3) throw InputError(str(op, ": B_t has ", B_t.dim(), " dimensions; expected [B, G, N]"));
-  // Reuse the sequence checks by viewing the step as a sequence of length 1.
-  detail::SsdDims d = detail::ssd_check(op, x_t.unsqueeze(2), dt_t.defined() ? dt_t.unsqueeze(-1) : dt_t, A,
-                                        B_t.unsqueeze(2), C_t.defined() ? C_t.unsqueeze(2) : C_t, D, state, {});
+  detail::SsdDims d = detail::ssd_step_check(op, x_t, dt_t, A, B_t, C_t, D, state);
   auto ct = detail::compute_dtype({&x_t, &dt_t, &A, &B_t, &C_t, &D, &state});
   torch::Tensor h = state.defined() ? state.to(ct)
                                     : torch::zeros({d.batch, d.heads, d.head_dim, d.state_dim},

@@ -53,4 +53,15 @@ torch::Tensor ssd_groups_to_heads(const torch::Tensor& t, int64_t heads) {
   return t.unsqueeze(2).expand(expanded).reshape(out);
 }
 
+SsdDims ssd_step_check(const std::string& op, const torch::Tensor& x_t, const torch::Tensor& dt_t,
+                       const torch::Tensor& A, const torch::Tensor& B_t, const torch::Tensor& C_t,
+                       const torch::Tensor& D, const torch::Tensor& state) {
+  check_float(op, "x_t", x_t);
+  check_float(op, "B_t", B_t);
+  if (x_t.dim() != 3) throw InputError(str(op, ": x_t has ", x_t.dim(), " dimensions; expected [B, H, P]"));
+  if (B_t.dim() != 3) throw InputError(str(op, ": B_t has ", B_t.dim(), " dimensions; expected [B, G, N]"));
+  return ssd_check(op, x_t.unsqueeze(2), dt_t.defined() ? dt_t.unsqueeze(-1) : dt_t, A, B_t.unsqueeze(2),
+                   C_t.defined() ? C_t.unsqueeze(2) : C_t, D, state, {});
+}
+
 }  // namespace subq::ops::detail

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 
+#include "ops/common/kernel_glue.h"
 #include "ops/common/chunk_decay.h"
 #include "ops/ssd/ssd_cuda.h"
 #include "ops/ssd/ssd_internal.h"
@@ -32,21 +33,16 @@ namespace subq::ops {
 namespace {
 
 using torch::Tensor;
+using detail::glue::rows_aligned;
+using detail::glue::rows16;
+using detail::glue::stream_of;
+using detail::glue::ptr_or_null;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr int64_t kChunk = 64;
 constexpr int64_t kMaxGridYZ = 65535;
 
-// Every row (last dimension) contiguous and 16-byte aligned, so cp.async can copy it in 16-byte pieces.
-bool rows_aligned(const Tensor& t) {
-  if (t.dim() < 1 || (t.stride(-1) != 1 && t.size(-1) != 1)) return false;
-  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d)
-    if (t.size(d) > 1 && (t.stride(d) * static_cast<int64_t>(t.element_size())) % 16 != 0) return false;
-  return true;
-}
-Tensor rows16(const Tensor& t) { return rows_aligned(t) ? t : t.clone(at::MemoryFormat::Contiguous); }
 
 detail::SsdKernelDtype kernel_dtype(torch::ScalarType t) {
   switch (t) {
@@ -59,15 +55,7 @@ detail::SsdKernelDtype kernel_dtype(torch::ScalarType t) {
 
 detail::SsdRows rows_of(const Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 
-// The current stream's cudaStream_t; null for CPU tensors (the CPU emulator of the tests ignores it).
-void* stream_of(const Tensor& t) {
-  return t.is_cuda() ? at::accelerator::getCurrentStream(t.device().index()).native_handle() : nullptr;
-}
 
-template <typename P>
-const P* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<P>() : nullptr;
-}
 
 int head_splits(const detail::SsdLaunchers& l, int64_t base_blocks, int64_t heads_per_group, int device) {
   const int64_t target = 2 * static_cast<int64_t>(l.sm_count(device));
@@ -302,12 +290,7 @@ SsdResult ssd_step_cuda(const torch::Tensor& x_t, const torch::Tensor& dt_t, con
                         const torch::Tensor& B_t, const torch::Tensor& C_t, const torch::Tensor& D,
                         const torch::Tensor& state) {
   const std::string op = "ssd_step_cuda";
-  detail::check_float(op, "x_t", x_t);
-  detail::check_float(op, "B_t", B_t);
-  if (x_t.dim() != 3) throw InputError(str(op, ": x_t has ", x_t.dim(), " dimensions; expected [B, H, P]"));
-  if (B_t.dim() != 3) throw InputError(str(op, ": B_t has ", B_t.dim(), " dimensions; expected [B, G, N]"));
-  detail::SsdDims d = detail::ssd_check(op, x_t.unsqueeze(2), dt_t.defined() ? dt_t.unsqueeze(-1) : dt_t, A,
-                                        B_t.unsqueeze(2), C_t.defined() ? C_t.unsqueeze(2) : C_t, D, state, {});
+  detail::SsdDims d = detail::ssd_step_check(op, x_t, dt_t, A, B_t, C_t, D, state);
   if (!detail::ssd_cuda_built()) throw InputError(str(op, ": this build has no CUDA kernels; use ssd_step()"));
   if (!x_t.is_cuda()) throw InputError(str(op, ": the inputs are on ", x_t.device(), "; use ssd_step() off the GPU"));
   const auto st = x_t.scalar_type();

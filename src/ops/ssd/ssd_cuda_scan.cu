@@ -21,11 +21,10 @@
 //  * The stored states go through a shared staging tile so that global stores are 16-byte vectors.
 #include <cuda_runtime.h>
 
-#include <map>
-#include <mutex>
 
 #include "ops/ssd/ssd_cuda.h"
 #include "ops/ssd/ssd_cuda_scan.cuh"
+#include "ops/common/cuda_device.h"
 #include "subq/core/error.h"
 #include "subq/ops/cuda_check.h"
 
@@ -60,36 +59,7 @@ void launch_scan_dir(const SsdScanArgs& a, cudaStream_t stream) {
 bool ssd_cuda_built() { return true; }
 
 std::string ssd_cuda_device_error(int device) {
-  static std::mutex mu;
-  static std::map<int, std::string> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(device);
-  if (it != cache.end()) return it->second;
-  std::string err;
-  int prev = 0;
-  if (cudaGetDevice(&prev) != cudaSuccess) return "cannot query the current CUDA device";
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    err = str("cannot query CUDA device ", device);
-  } else if (prop.major < 8) {
-    err = str("CUDA device ", device, " (", prop.name, ", sm_", prop.major, prop.minor,
-              ") has no bf16 tensor cores; the SSD kernels need sm_80 or newer");
-  } else if (cudaSetDevice(device) == cudaSuccess) {
-    cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, ssd_scan_kernel<__nv_bfloat16, false>);
-    if (e != cudaSuccess) {
-      err = str("no SSD kernel image for CUDA device ", device, " (", prop.name, ", sm_", prop.major, prop.minor,
-                "): ", cudaGetErrorString(e), "; rebuild with -DSUBQ_CUDA_ARCHS including ", prop.major, prop.minor,
-                prop.major == 9 ? "a" : "");
-      cudaGetLastError();  // clear the (non-sticky) error so that later launch checks do not report it
-    }
-    cudaSetDevice(prev);
-  } else {
-    err = str("cannot select CUDA device ", device);
-    cudaGetLastError();
-  }
-  cache[device] = err;
-  return err;
+  return kernel_device_error(device, reinterpret_cast<const void*>(&ssd_scan_kernel<__nv_bfloat16, false>), "SSD", 8);
 }
 
 int ssd_cuda_sm_count(int device) {

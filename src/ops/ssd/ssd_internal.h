@@ -18,6 +18,12 @@ SsdDims ssd_check(const std::string& op, const torch::Tensor& x, const torch::Te
                   const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
                   const torch::Tensor& initial_state, const torch::Tensor& reset);
 
+// Checks the arguments of one decoding step (ssd_step / ssd_step_cuda: x_t [B, H, P], dt_t [B, H],
+// B_t / C_t [B, G, N], state [B, H, P, N]) with the sequence rules, viewing the step as T = 1.
+SsdDims ssd_step_check(const std::string& op, const torch::Tensor& x_t, const torch::Tensor& dt_t,
+                       const torch::Tensor& A, const torch::Tensor& B_t, const torch::Tensor& C_t,
+                       const torch::Tensor& D, const torch::Tensor& state);
+
 struct SsdLaunchers;
 
 // The CUDA kernels' autograd function (what ssd_cuda() runs after its checks) with the given launchers and
