@@ -67,6 +67,7 @@ struct MlstmChunkFwdArgs {
   const float* n_states = nullptr;
   const float* m_states = nullptr;
   void* h = nullptr;               // out [B, H, T, Dv] contiguous, operand dtype
+  void* h_lo = nullptr;            // out [B, H, T, Dv] like h, or nullptr: h - h rounded (h_fp32 ~ h + h_lo)
   float* qn = nullptr;             // out [B, H, T] fp32 (q^ . n_t, signed, for the backward) or nullptr
   float* m = nullptr;              // out [B, H, T] fp32 (the stabiliser m_t) or nullptr
 };

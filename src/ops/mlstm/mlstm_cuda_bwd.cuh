@@ -30,8 +30,8 @@ struct BwdSmem {
   float np[DK], dnout[DK];
   float ig[ck::kChunk], fg[ck::kChunk], inv[ck::kChunk], dqn[ck::kChunk];
   int rst[ck::kChunk], seg[ck::kChunk];
-  float cum[ck::kChunk], igv[ck::kChunk], m[ck::kChunk], a[ck::kChunk], b[ck::kChunk], qnp[ck::kChunk],
-      kdn[ck::kChunk];
+  double cum[ck::kChunk];  // fp64 prefix sums (mlstm_cuda_gates.cuh)
+  float igv[ck::kChunk], m[ck::kChunk], a[ck::kChunk], b[ck::kChunk], qnp[ck::kChunk], kdn[ck::kChunk];
   float prow[2][ck::kChunk], pcol[4][ck::kChunk], pa[2][ck::kChunk], pb[2][ck::kChunk];
   float red[kBwdThreads / 32];
   float bprev;
@@ -82,10 +82,10 @@ SUBQ_UNROLL
       sm.igv[t] = gt.ig[j];
       sm.m[t] = gt.m[j];
       sm.seg[t] = gt.seg[j];
-      sm.a[t] = gt.seg[j] == 0 ? expf(gt.g[j] - gt.m[j]) : 0.f;
-      sm.b[t] = gt.seg[j] == gt.seg_last ? expf(gt.cum_last - gt.cum[j] + gt.ig[j] - gt.m_last) : 0.f;
+      sm.a[t] = gt.seg[j] == 0 ? expf(carried_weight(gt.g[j], gt.m[j])) : 0.f;
+      sm.b[t] = gt.seg[j] == gt.seg_last ? expf(log_weight(gt.cum_last, gt.cum[j], gt.ig[j], gt.m_last)) : 0.f;
     }
-    if (lane == 0) sm.bprev = gt.seg_last == 0 ? expf(gt.g_last - gt.m_last) : 0.f;
+    if (lane == 0) sm.bprev = gt.seg_last == 0 ? expf(carried_weight(gt.g_last, gt.m_last)) : 0.f;
   }
   float sacc[4][4], pacc[4][4];
   ck::zero(sacc);
@@ -115,7 +115,7 @@ SUBQ_UNROLL
   float pv[4][4];
   ck::for_each_frag<4>(m0, n0, [&](int j, int i, int t, int s) {
     if (s <= t && sm.seg[s] == sm.seg[t]) {
-      const float A = expf(sm.cum[t] - sm.cum[s] + sm.igv[s] - sm.m[t]);
+      const float A = expf(log_weight(sm.cum[t], sm.cum[s], sm.igv[s], sm.m[t]));
       const float S = scale * sacc[j][i] * A;
       const float dS = sm.inv[t] * pacc[j][i] + sm.dqn[t];
       pv[j][i] = dS * S;

@@ -106,16 +106,16 @@ SUBQ_UNROLL
       for (int j = 0; j < 2; ++j) {
         const int t = 2 * lane + j;
         if constexpr (!kReverse) {  // token weights in the chunk-end state: exp(cum_63 - cum_s + i~_s - m_63)
-          wts[t] = gt.seg[j] == gt.seg_last ? expf(gt.cum_last - gt.cum[j] + gt.ig[j] - gt.m_last) : 0.f;
+          wts[t] = gt.seg[j] == gt.seg_last ? expf(log_weight(gt.cum_last, gt.cum[j], gt.ig[j], gt.m_last)) : 0.f;
           nwts[t] = wts[t];
         } else {  // a_t / sqrt(Dk) times 1 / den_t (for dC) or dqn_t (for dn), a_t = exp(g_t - m_t) [seg_t = 0]
-          const float at = gt.seg[j] == 0 ? scale * expf(gt.g[j] - gt.m[j]) : 0.f;
+          const float at = gt.seg[j] == 0 ? scale * expf(carried_weight(gt.g[j], gt.m[j])) : 0.f;
           wts[t] = at * st.inv_den[t];
           nwts[t] = at * st.dqn[t];
         }
       }
       if (lane == 0) {
-        scal[0] = gt.seg_last == 0 ? expf(gt.g_last - gt.m_last) : 0.f;
+        scal[0] = gt.seg_last == 0 ? expf(carried_weight(gt.g_last, gt.m_last)) : 0.f;
         scal[1] = gt.m_last;
       }
     }
