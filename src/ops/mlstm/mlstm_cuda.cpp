@@ -66,6 +66,13 @@ detail::MlstmRows rows_of(const Tensor& t) { return {t.data_ptr(), t.stride(0), 
 
 Tensor f32c(const Tensor& t) { return t.defined() ? t.to(torch::kFloat32).contiguous() : Tensor(); }
 
+// x - x rounded to `dtype`, in `dtype` (contiguous), or undefined for undefined x: with the rounded x (the
+// chunk-0 entry of the scan's c_states) it carries an fp32 initial state C0 to ~2^-16 into the chunk kernels.
+Tensor rounding_residual(const Tensor& x, torch::ScalarType dtype) {
+  if (!x.defined()) return Tensor();
+  return (x - x.to(dtype).to(torch::kFloat32)).to(dtype).contiguous();
+}
+
 detail::MlstmSizes sizes_of(const Tensor& q, const Tensor& v) {
   detail::MlstmSizes n;
   n.batch = static_cast<int>(q.size(0));
@@ -182,6 +189,8 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     fa.c_states = sa.c_states;
     fa.n_states = sa.n_states;
     fa.m_states = sa.m_states;
+    const Tensor c0_lo = rounding_residual(c0, q.scalar_type());
+    fa.c0_lo = c0_lo.defined() ? c0_lo.data_ptr() : nullptr;
     fa.h = h.data_ptr();
     fa.h_lo = grad_follows ? h_lo.data_ptr() : nullptr;
     fa.qn = qn.data_ptr<float>();
@@ -252,6 +261,7 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     ra.n_states = dn_states.data_ptr<float>();
     ra.c_out = dc0.data_ptr<float>();
     ra.n_out = dn0.data_ptr<float>();
+    ra.split_weights = has_init;  // dm0 = <C0, dC0> + <n0, dn0> cancels: dC0 from fp32-precise products
     l.scan(ra, kd, stream);
 
     Tensor dq = torch::empty({B, H, T, Dk}, q.options()), dk = torch::empty({B, H, T, Dk}, q.options()),
@@ -271,6 +281,8 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     ba.c_states = c_states.data_ptr();
     ba.n_states = n_states.data_ptr<float>();
     ba.m_states = m_states.data_ptr<float>();
+    const Tensor c0_lo = rounding_residual(has_init ? f32c(c0_in) : Tensor(), q.scalar_type());
+    ba.c0_lo = c0_lo.defined() ? c0_lo.data_ptr() : nullptr;
     ba.dc_states = dc_states.data_ptr();
     ba.dn_states = dn_states.data_ptr<float>();
     ba.dq = dq.data_ptr();

@@ -55,6 +55,10 @@ struct MlstmScanArgs {
   float* c_out = nullptr;        // out [B, H, Dk, Dv] fp32: final state
   float* n_out = nullptr;        // out [B, H, Dk]
   float* m_out = nullptr;        // out [B, H]
+  // Also multiply by the rounding residual of the weighted k rows (two products: the fp32 sum (w o k)^T v to
+  // ~2^-16 instead of ~2^-9 of its terms). The reverse scan sets it when the initial state has a gradient:
+  // dm0 = <C0, dC0> + <n0, dn0> cancels, so dC0 needs more than bf16 operands give.
+  bool split_weights = false;
 };
 
 struct MlstmChunkFwdArgs {
@@ -66,6 +70,9 @@ struct MlstmChunkFwdArgs {
   const void* c_states = nullptr;  // from the scan
   const float* n_states = nullptr;
   const float* m_states = nullptr;
+  // [B, H, Dk, Dv] operand dtype, or nullptr: C0 - C0 rounded, the part of an fp32 initial state that the
+  // rounded chunk-0 entry of c_states lacks (chunk 0 then uses C0 to ~2^-16, like the reference's fp32 C0)
+  const void* c0_lo = nullptr;
   void* h = nullptr;               // out [B, H, T, Dv] contiguous, operand dtype
   void* h_lo = nullptr;            // out [B, H, T, Dv] like h, or nullptr: h - h rounded (h_fp32 ~ h + h_lo)
   float* qn = nullptr;             // out [B, H, T] fp32 (q^ . n_t, signed, for the backward) or nullptr
@@ -85,6 +92,7 @@ struct MlstmChunkBwdArgs {
   const void* c_states = nullptr;    // forward scan: state entering chunk c
   const float* n_states = nullptr;
   const float* m_states = nullptr;
+  const void* c0_lo = nullptr;       // as in MlstmChunkFwdArgs
   const void* dc_states = nullptr;   // reverse scan: gradient of the state leaving chunk c
   const float* dn_states = nullptr;
   void* dq = nullptr;                // out [B, H, T, Dk] contiguous, operand dtype
