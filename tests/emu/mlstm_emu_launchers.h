@@ -103,6 +103,19 @@ inline void emu_bwd(const subq::ops::detail::MlstmChunkBwdArgs& a, MlstmKernelDt
     emu_bwd_bf16_dv<256>(a);
   }
 }
-inline const subq::ops::detail::MlstmLaunchers kEmulated = {emu_scan, emu_fwd, emu_bwd, emu_step};
+template <typename T>
+inline void emu_prep_t(const subq::ops::detail::MlstmPrepArgs& a) {
+  const int64_t n_tok = static_cast<int64_t>(a.batch) * a.heads * a.time;
+  constexpr int kPerBlock = k::kPrepThreads / 32;
+  const dim3 grid(static_cast<unsigned>((n_tok + kPerBlock - 1) / kPerBlock));
+  emu::launch(grid, dim3(k::kPrepThreads), 0, [&] { k::mlstm_prep_kernel<T>(a); }, g_opt);
+}
+inline void emu_prep(const subq::ops::detail::MlstmPrepArgs& a, MlstmKernelDtype d, void*) {
+  if (d == MlstmKernelDtype::kF16)
+    emu_prep_t<__half>(a);
+  else
+    emu_prep_t<__nv_bfloat16>(a);
+}
+inline const subq::ops::detail::MlstmLaunchers kEmulated = {emu_scan, emu_fwd, emu_bwd, emu_step, emu_prep};
 
 }  // namespace subq::test::mlstm_emu

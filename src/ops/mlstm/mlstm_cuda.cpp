@@ -10,9 +10,13 @@
 //    C, n depend on m at O(1), and m's own gradient runs through the max of the stabiliser), the backward
 //    recomputes the forward with mlstm_chunkwise under autograd and returns the reference's gradients.
 //    set_materialize_grads(false) is what lets the backward tell "no gradient" from a zero one.
-//  * The backward's per-token pre-pass (1/den_t and the gradient of qn_t, which needs dh_t . h_t) is three
-//    LibTorch ops on [B, H, T(, Dv)] tensors; the forward saves h, qn_t and m_t (fp32) for it, and the
-//    per-chunk states (C in the operand dtype, n and m in fp32) for the chunk gradients.
+//  * The backward's per-token pre-pass (1/den_t and the gradient of qn_t, which needs dh_t . h_t) is a small
+//    kernel (mlstm_prep_kernel); the forward saves h, its rounding residual h_lo (only when a backward can
+//    follow), qn_t and m_t (fp32) for it, and the per-chunk states (C in the operand dtype, n and m in fp32)
+//    for the chunk gradients. Precision choices after the H200 run of 17ac015 (docs/perf/mlstm.md): dh . h
+//    from the fp32 h; an fp32 initial state enters chunk 0 as rounded + residual; the reverse scan splits its
+//    weighted rows likewise when dC0 is needed (dm0 cancels); the stabiliser's gradient path is added
+//    (stabiliser_path), so the gradient is the exact one, not the m-held approximation.
 //  * Strided q, k, v are used as they are when every row (the last dimension) is contiguous and 16-byte
 //    aligned (the xLSTM layer passes transposed views of its projections); anything else is copied.
 //  * Gates and the initial state are converted to fp32 contiguous tensors, reset flags to int32.
@@ -231,14 +235,27 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     const Tensor qr = rows16(q), kr = rows16(k), vr = rows16(v), dh = rows16(dh_in.to(q.scalar_type()));
     const Tensor ig = f32c(igate), fg = f32c(fgate);
     const Tensor rst = reset_in.numel() ? reset_in.to(torch::kInt32).contiguous() : Tensor();
-    // pre-pass: 1 / den_t and the gradient of qn_t (zero where the floor exp(-m_t) is the max)
-    const Tensor floor = torch::exp(-m_tok);
-    const Tensor inv_den = (1.0 / (torch::maximum(qn.abs(), floor) + kMlstmEps)).contiguous();
-    // dh . h from the fp32 h (the forward's h + its rounding residual): the denominator path of a gradient
-    // cancels against the numerator path where |qn| is the max, and the bf16 h alone errs by ~1e-3 of it
-    const Tensor h32 = h_lo.numel() ? h.to(torch::kFloat32) + h_lo.to(torch::kFloat32) : h.to(torch::kFloat32);
-    const Tensor dh_dot_h = (dh.to(torch::kFloat32) * h32).sum(-1);
-    const Tensor dqn = torch::where(qn.abs() >= floor, -dh_dot_h * inv_den * qn.sign(), torch::zeros_like(qn)).contiguous();
+    // pre-pass (kernel): 1 / den_t, dh_t . h_t from the fp32 h (the forward's h + its rounding residual: the
+    // denominator path of a gradient cancels against the numerator path where |qn| is the max, and the bf16
+    // h alone errs by ~1e-3 of it) and the gradient of qn_t (zero where the floor exp(-m_t) is the max)
+    const Tensor inv_den = torch::empty({B, H, T}, f32), dqn = torch::empty({B, H, T}, f32),
+                 dh_dot_h = torch::empty({B, H, T}, f32);
+    {
+      detail::MlstmPrepArgs pa;
+      pa.batch = static_cast<int>(B);
+      pa.heads = static_cast<int>(H);
+      pa.time = static_cast<int>(T);
+      pa.dv = static_cast<int>(Dv);
+      pa.dh = rows_of(dh);
+      pa.h = h.data_ptr();
+      pa.h_lo = h_lo.numel() ? h_lo.data_ptr() : nullptr;
+      pa.qn = qn.data_ptr<float>();
+      pa.m = m_tok.data_ptr<float>();
+      pa.inv_den = inv_den.data_ptr<float>();
+      pa.dqn = dqn.data_ptr<float>();
+      pa.dh_dot_h = dh_dot_h.data_ptr<float>();
+      l.prep(pa, kernel_dtype(q.scalar_type()), stream_of(q));
+    }
 
     const Tensor dc_states = torch::empty({B, H, nc, Dk, Dv}, q.options());
     const Tensor dn_states = torch::empty({B, H, nc, Dk}, f32);
@@ -359,7 +376,8 @@ std::string mlstm_cuda_unsupported(const torch::Tensor& q, const torch::Tensor& 
 namespace {
 const detail::MlstmLaunchers& cuda_launchers() {
   static const detail::MlstmLaunchers l = {detail::mlstm_cuda_scan, detail::mlstm_cuda_chunk_fwd,
-                                           detail::mlstm_cuda_chunk_bwd, detail::mlstm_cuda_step};
+                                           detail::mlstm_cuda_chunk_bwd, detail::mlstm_cuda_step,
+                                           detail::mlstm_cuda_prep};
   return l;
 }
 }  // namespace

@@ -102,6 +102,22 @@ struct MlstmChunkBwdArgs {
   float* dfg = nullptr;              // out [B, H, T] fp32
 };
 
+// The backward's per-token pre-pass (before the reverse scan, which needs dqn): with h_t = h + h_lo (the
+// forward's output and its rounding residual, i.e. the fp32 h), den_t = max(|qn_t|, exp(-m_t)) + 1e-6:
+//   inv_den_t = 1 / den_t,  dh_dot_h_t = dh_t . h_t (fp32),  dqn_t = -dh_dot_h_t inv_den_t sign(qn_t)
+//   where |qn_t| >= exp(-m_t), else 0.
+struct MlstmPrepArgs {
+  int batch = 0, heads = 0, time = 0, dv = 0;
+  MlstmRows dh;                    // [B, H, T, Dv] operand dtype
+  const void* h = nullptr;         // [B, H, T, Dv] contiguous, operand dtype
+  const void* h_lo = nullptr;      // like h, or nullptr (then h alone)
+  const float* qn = nullptr;       // [B, H, T] fp32 contiguous (the forward's)
+  const float* m = nullptr;        // [B, H, T] fp32 contiguous (the forward's per-token stabiliser)
+  float* inv_den = nullptr;        // out [B, H, T] fp32
+  float* dqn = nullptr;            // out [B, H, T] fp32
+  float* dh_dot_h = nullptr;       // out [B, H, T] fp32
+};
+
 struct MlstmStepArgs {
   int batch = 0, heads = 0, dk = 0, dv = 0;
   const void* q = nullptr;        // [B, H, Dk] contiguous, dtype below
@@ -128,6 +144,7 @@ std::string mlstm_cuda_device_error(int device);
 void mlstm_cuda_scan(const MlstmScanArgs& a, MlstmKernelDtype dtype, void* stream);
 void mlstm_cuda_chunk_fwd(const MlstmChunkFwdArgs& a, MlstmKernelDtype dtype, void* stream);
 void mlstm_cuda_chunk_bwd(const MlstmChunkBwdArgs& a, MlstmKernelDtype dtype, void* stream);
+void mlstm_cuda_prep(const MlstmPrepArgs& a, MlstmKernelDtype dtype, void* stream);
 void mlstm_cuda_step(const MlstmStepArgs& a, MlstmKernelDtype dtype, void* stream);
 
 // The launchers the Torch glue of mlstm_cuda.cpp calls: the CUDA ones above in mlstm_cuda() /
@@ -138,6 +155,7 @@ struct MlstmLaunchers {
   void (*chunk_fwd)(const MlstmChunkFwdArgs&, MlstmKernelDtype, void*);
   void (*chunk_bwd)(const MlstmChunkBwdArgs&, MlstmKernelDtype, void*);
   void (*step)(const MlstmStepArgs&, MlstmKernelDtype, void*);
+  void (*prep)(const MlstmPrepArgs&, MlstmKernelDtype, void*);
 };
 
 }  // namespace subq::ops::detail

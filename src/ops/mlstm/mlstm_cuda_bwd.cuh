@@ -13,6 +13,7 @@ using ck::kChunk;
 using ck::kSlice;
 
 constexpr int kBwdThreads = 256;
+constexpr float kBwdEps = 1e-6f;  // kMlstmEps of subq/ops/mlstm.h
 
 template <typename T, int DK, int DV>
 struct BwdSmem {
@@ -278,6 +279,41 @@ SUBQ_UNROLL
         a.dfg[bh * T_len + t0 + t] = dlv[j] / (1.f + expf(sm.fg[t]));
       }
     }
+  }
+}
+
+// The per-token pre-pass of the backward (MlstmPrepArgs): one warp per token, Dv / 64 pairs per lane.
+constexpr int kPrepThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads) mlstm_prep_kernel(const MlstmPrepArgs a) {
+  const int64_t n_tok = static_cast<int64_t>(a.batch) * a.heads * a.time;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * (kPrepThreads / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (i >= n_tok) return;  // whole warps leave together
+  const int64_t t = i % a.time, bh = i / a.time, hh = bh % a.heads, b = bh / a.heads;
+  const T* dh = static_cast<const T*>(a.dh.ptr) + b * a.dh.s0 + hh * a.dh.s1 + t * a.dh.s2;
+  const T* h = static_cast<const T*>(a.h) + i * a.dv;
+  const T* h_lo = a.h_lo ? static_cast<const T*>(a.h_lo) + i * a.dv : nullptr;
+  float dot = 0.f;
+  for (int col = 2 * lane; col < a.dv; col += 64) {
+    const float2 g = ck::load2(dh + col);
+    float2 x = ck::load2(h + col);
+    if (h_lo) {
+      const float2 lo = ck::load2(h_lo + col);
+      x.x += lo.x;
+      x.y += lo.y;
+    }
+    dot += g.x * x.x + g.y * x.y;
+  }
+  dot = ck::warp_sum(dot);
+  if (lane == 0) {
+    const float qn = a.qn[i], floor = expf(-a.m[i]);
+    const float inv = 1.f / (fmaxf(fabsf(qn), floor) + kBwdEps);
+    const float sign = qn > 0.f ? 1.f : (qn < 0.f ? -1.f : 0.f);
+    a.inv_den[i] = inv;
+    a.dh_dot_h[i] = dot;
+    a.dqn[i] = fabsf(qn) >= floor ? -dot * inv * sign : 0.f;
   }
 }
 
