@@ -18,6 +18,7 @@
 
 #include <torch/torch.h>
 
+#include "mlstm_gpu_cases.h"
 #include "op_testing.h"
 #include "subq/core/error.h"
 #include "subq/ops/mlstm.h"
@@ -28,46 +29,20 @@ namespace {
 using subq::test::rel_rms;
 using torch::Tensor;
 
-struct Case {
-  int64_t b = 2, h = 2, t = 64, dk = 64, dv = 64;
-  bool init = false, reset = false, closing = false;
-  torch::ScalarType dtype = torch::kBFloat16;
-};
-
-std::string describe(const Case& c) {
-  return subq::str(c10::toString(c.dtype), " B", c.b, " H", c.h, " T", c.t, " Dk", c.dk, " Dv", c.dv,
-                   c.init ? " init" : "", c.reset ? " reset" : "", c.closing ? " closing" : " open");
-}
+using subq::test::mlstm_cases::Case;
+using subq::test::mlstm_cases::describe;
+using subq::test::mlstm_cases::Inputs;
 
 std::string why_skip() {
   if (!torch::cuda::is_available()) return "no CUDA GPU visible";
-  auto o = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   return subq::ops::mlstm_cuda_unsupported(torch::zeros({1, 1, 1, 64}, o), torch::zeros({1, 1, 1, 64}, o));
 }
 
-struct Inputs {
-  Tensor q, k, v, ig, fg, reset;  // on the GPU; q, k, v in the case's dtype, gates fp32
-  subq::ops::MlstmState init;
-};
-
-// open: the xLSTM regime (forget gates near 1, f~ ~ N(3, 1); input gates ~ N(0, 2)): the state lives over
-// many chunks. closing: f~ ~ N(0, 3), input gates ~ N(0, 4): the stabiliser switches between its branches
-// all the time.
+// The inputs (tests/mlstm_gpu_cases.h: drawn on the CPU, then moved, so the CPU replay
+// tests/unit/test_mlstm_gpu_cases_emulated.cpp sees the same bits).
 Inputs make_inputs(const Case& c, uint64_t seed) {
-  using subq::test::randn;
-  auto dev = torch::kCUDA;
-  Inputs in;
-  in.q = randn({c.b, c.h, c.t, c.dk}, seed + 1).to(dev, c.dtype);
-  in.k = randn({c.b, c.h, c.t, c.dk}, seed + 2).to(dev, c.dtype);
-  in.v = randn({c.b, c.h, c.t, c.dv}, seed + 3).to(dev, c.dtype);
-  in.ig = randn({c.b, c.h, c.t}, seed + 4, c.closing ? 4.0 : 2.0).to(dev, torch::kFloat32);
-  in.fg = randn({c.b, c.h, c.t}, seed + 5, c.closing ? 3.0 : 1.0, c.closing ? 0.0 : 3.0).to(dev, torch::kFloat32);
-  if (c.init)
-    in.init = {randn({c.b, c.h, c.dk, c.dv}, seed + 6).to(dev, torch::kFloat32),
-               randn({c.b, c.h, c.dk}, seed + 7).to(dev, torch::kFloat32),
-               randn({c.b, c.h}, seed + 8).to(dev, torch::kFloat32)};
-  if (c.reset) in.reset = subq::test::chunk_edge_resets(c.b, c.t, seed + 9).to(dev);
-  return in;
+  return subq::test::mlstm_cases::make_inputs(c, seed, torch::Device(torch::kCUDA));
 }
 
 struct Report : subq::test::ErrorReport {
@@ -117,8 +92,8 @@ void compare_grads(const Case& c, uint64_t seed, bool state_loss) {
   };
   const auto got = subq::ops::mlstm_cuda(kl[0], kl[1], kl[2], kl[3], kl[4], state_of(kl), in.reset);
   const auto want = subq::ops::mlstm_chunkwise(rl[0], rl[1], rl[2], rl[3], rl[4], state_of(rl), in.reset, 64);
-  const Tensor Wh = subq::test::randn(want.h.sizes(), seed + 11).to(torch::kCUDA, c.dtype).to(torch::kFloat32);
-  const Tensor Wc = subq::test::randn(want.state.c.sizes(), seed + 12).to(torch::kCUDA, torch::kFloat32);
+  const Tensor Wh = subq::test::mlstm_cases::loss_weight_h(c, seed, torch::Device(torch::kCUDA));
+  const Tensor Wc = subq::test::mlstm_cases::loss_weight_c(c, seed, torch::Device(torch::kCUDA));
   auto loss = [&](const subq::ops::MlstmResult& r) {
     Tensor l = (r.h.to(torch::kFloat32) * Wh).sum();
     if (state_loss) l = l + (r.state.c * Wc).sum() + r.state.n.sum() + r.state.m.sum();
@@ -141,67 +116,9 @@ void compare_grads(const Case& c, uint64_t seed, bool state_loss) {
 TEST_CASE("mlstm kernels match the reference: h and final state", "[gpu][mlstm]") {
   const std::string why = why_skip();
   if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
-  const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {128, 128}, {128, 256}, {256, 256}, {256, 64}};
-  uint64_t seed = 100;
-  for (int64_t t : {1, 63, 64, 65, 1000, 4096}) {
-    for (const auto& [dk, dv] : dims) {
-      Case plain;
-      plain.t = t;
-      plain.dk = dk;
-      plain.dv = dv;
-      compare_forward(plain, seed += 100);
-      Case full = plain;  // initial state, packed documents, closing gates
-      full.h = 3;
-      full.init = full.reset = full.closing = true;
-      compare_forward(full, seed += 100);
-    }
-  }
-  Case f16;
-  f16.dtype = torch::kFloat16;
-  f16.t = 1000;
-  f16.dk = 128;
-  f16.dv = 256;
-  f16.init = f16.reset = true;
-  compare_forward(f16, 9100);
-  Case big;  // the benchmark shape's heads at a shorter length
-  big.b = 2;
-  big.h = 16;
-  big.t = 2048;
-  big.dk = big.dv = 128;
-  compare_forward(big, 9200);
-}
-
-TEST_CASE("mlstm backward kernels match the reference's gradients", "[gpu][mlstm]") {
-  const std::string why = why_skip();
-  if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
-  const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {128, 128}, {128, 256}, {256, 256}, {256, 64}};
-  uint64_t seed = 20000;
-  for (int64_t t : {1, 63, 65, 1000, 4096}) {
-    for (const auto& [dk, dv] : dims) {
-      Case plain;
-      plain.t = t;
-      plain.dk = dk;
-      plain.dv = dv;
-      compare_grads(plain, seed += 100, false);
-      Case full = plain;
-      full.h = 3;
-      full.init = full.reset = full.closing = true;
-      compare_grads(full, seed += 100, false);
-    }
-  }
-  Case f16;
-  f16.dtype = torch::kFloat16;
-  f16.t = 700;
-  f16.dk = 128;
-  f16.dv = 256;
-  f16.init = f16.reset = true;
-  compare_grads(f16, 29000, false);
-  Case st;  // a loss on the final state: the recompute backward
-  st.t = 300;
-  st.dk = 128;
-  st.dv = 256;
-  st.init = st.reset = true;
-  compare_grads(st, 29100, true);
+  // T in {1, 63, 65, 1000, 4096} x head-dim corners x {open, init + resets + closing}, fp16, a state loss
+  // (tests/mlstm_gpu_cases.h; the CPU replay runs the same list)
+  for (const auto& gc : subq::test::mlstm_cases::grad_cases()) compare_grads(gc.c, gc.seed, gc.state_loss);
 }
 
 TEST_CASE("mlstm kernels read strided inputs in place (the xLSTM layer's layout) and copy misaligned ones",

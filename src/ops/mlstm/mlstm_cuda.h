@@ -55,6 +55,10 @@ struct MlstmScanArgs {
   float* c_out = nullptr;        // out [B, H, Dk, Dv] fp32: final state
   float* n_out = nullptr;        // out [B, H, Dk]
   float* m_out = nullptr;        // out [B, H]
+  // Also multiply by the rounding residual of the weighted k rows (two products: the fp32 sum (w o k)^T v to
+  // ~2^-16 instead of ~2^-9 of its terms). The reverse scan sets it when the initial state has a gradient:
+  // dm0 = <C0, dC0> + <n0, dn0> cancels, so dC0 needs more than bf16 operands give.
+  bool split_weights = false;
 };
 
 struct MlstmChunkFwdArgs {
@@ -66,7 +70,11 @@ struct MlstmChunkFwdArgs {
   const void* c_states = nullptr;  // from the scan
   const float* n_states = nullptr;
   const float* m_states = nullptr;
+  // [B, H, Dk, Dv] operand dtype, or nullptr: C0 - C0 rounded, the part of an fp32 initial state that the
+  // rounded chunk-0 entry of c_states lacks (chunk 0 then uses C0 to ~2^-16, like the reference's fp32 C0)
+  const void* c0_lo = nullptr;
   void* h = nullptr;               // out [B, H, T, Dv] contiguous, operand dtype
+  void* h_lo = nullptr;            // out [B, H, T, Dv] like h, or nullptr: h - h rounded (h_fp32 ~ h + h_lo)
   float* qn = nullptr;             // out [B, H, T] fp32 (q^ . n_t, signed, for the backward) or nullptr
   float* m = nullptr;              // out [B, H, T] fp32 (the stabiliser m_t) or nullptr
 };
@@ -84,6 +92,7 @@ struct MlstmChunkBwdArgs {
   const void* c_states = nullptr;    // forward scan: state entering chunk c
   const float* n_states = nullptr;
   const float* m_states = nullptr;
+  const void* c0_lo = nullptr;       // as in MlstmChunkFwdArgs
   const void* dc_states = nullptr;   // reverse scan: gradient of the state leaving chunk c
   const float* dn_states = nullptr;
   void* dq = nullptr;                // out [B, H, T, Dk] contiguous, operand dtype
@@ -91,6 +100,22 @@ struct MlstmChunkBwdArgs {
   void* dv = nullptr;                // out [B, H, T, Dv]
   float* dig = nullptr;              // out [B, H, T] fp32
   float* dfg = nullptr;              // out [B, H, T] fp32
+};
+
+// The backward's per-token pre-pass (before the reverse scan, which needs dqn): with h_t = h + h_lo (the
+// forward's output and its rounding residual, i.e. the fp32 h), den_t = max(|qn_t|, exp(-m_t)) + 1e-6:
+//   inv_den_t = 1 / den_t,  dh_dot_h_t = dh_t . h_t (fp32),  dqn_t = -dh_dot_h_t inv_den_t sign(qn_t)
+//   where |qn_t| >= exp(-m_t), else 0.
+struct MlstmPrepArgs {
+  int batch = 0, heads = 0, time = 0, dv = 0;
+  MlstmRows dh;                    // [B, H, T, Dv] operand dtype
+  const void* h = nullptr;         // [B, H, T, Dv] contiguous, operand dtype
+  const void* h_lo = nullptr;      // like h, or nullptr (then h alone)
+  const float* qn = nullptr;       // [B, H, T] fp32 contiguous (the forward's)
+  const float* m = nullptr;        // [B, H, T] fp32 contiguous (the forward's per-token stabiliser)
+  float* inv_den = nullptr;        // out [B, H, T] fp32
+  float* dqn = nullptr;            // out [B, H, T] fp32
+  float* dh_dot_h = nullptr;       // out [B, H, T] fp32
 };
 
 struct MlstmStepArgs {
@@ -119,6 +144,7 @@ std::string mlstm_cuda_device_error(int device);
 void mlstm_cuda_scan(const MlstmScanArgs& a, MlstmKernelDtype dtype, void* stream);
 void mlstm_cuda_chunk_fwd(const MlstmChunkFwdArgs& a, MlstmKernelDtype dtype, void* stream);
 void mlstm_cuda_chunk_bwd(const MlstmChunkBwdArgs& a, MlstmKernelDtype dtype, void* stream);
+void mlstm_cuda_prep(const MlstmPrepArgs& a, MlstmKernelDtype dtype, void* stream);
 void mlstm_cuda_step(const MlstmStepArgs& a, MlstmKernelDtype dtype, void* stream);
 
 // The launchers the Torch glue of mlstm_cuda.cpp calls: the CUDA ones above in mlstm_cuda() /
@@ -129,6 +155,7 @@ struct MlstmLaunchers {
   void (*chunk_fwd)(const MlstmChunkFwdArgs&, MlstmKernelDtype, void*);
   void (*chunk_bwd)(const MlstmChunkBwdArgs&, MlstmKernelDtype, void*);
   void (*step)(const MlstmStepArgs&, MlstmKernelDtype, void*);
+  void (*prep)(const MlstmPrepArgs&, MlstmKernelDtype, void*);
 };
 
 }  // namespace subq::ops::detail

@@ -26,6 +26,9 @@
 //  * Outputs are written straight from the fragments (bf16 pairs): no staging tile, which keeps the
 //    Dk = Dv = 256 case inside 227 KB of shared memory (224 KB).
 //  * No atomics; every output element is written by exactly one block: deterministic.
+//  * Also here: the per-token pre-pass (mlstm_prep_kernel; inv_den, dqn and dh . h from the fp32 h, i.e. the
+//    forward's h plus its saved rounding residual), one warp per token: it reads dh, h and the residual once
+//    (3 x 2 bytes per element) where the LibTorch ops it replaces made fp32 copies of each operand.
 #include <cuda_runtime.h>
 
 #include "ops/mlstm/mlstm_cuda.h"
@@ -68,7 +71,27 @@ void launch_bwd_dk(const MlstmChunkBwdArgs& a, cudaStream_t stream) {
   }
 }
 
+template <typename T>
+void launch_prep(const MlstmPrepArgs& a, cudaStream_t stream) {
+  const int64_t n_tok = static_cast<int64_t>(a.batch) * a.heads * a.time;
+  constexpr int kPerBlock = kPrepThreads / 32;
+  const int64_t blocks = (n_tok + kPerBlock - 1) / kPerBlock;
+  SUBQ_CHECK(blocks <= 0x7fffffff, "mlstm prep: ", n_tok, " tokens exceed the grid");
+  mlstm_prep_kernel<T><<<static_cast<unsigned>(blocks), kPrepThreads, 0, stream>>>(a);
+  SUBQ_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
+
+void mlstm_cuda_prep(const MlstmPrepArgs& a, MlstmKernelDtype dtype, void* stream) {
+  SUBQ_CHECK(a.dv % 64 == 0 && a.dv > 0, "mlstm prep: Dv = ", a.dv, " must be a multiple of 64");
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case MlstmKernelDtype::kBF16: launch_prep<__nv_bfloat16>(a, s); break;
+    case MlstmKernelDtype::kF16: launch_prep<__half>(a, s); break;
+    default: SUBQ_CHECK(false, "mlstm prep: operand dtype must be bf16 or fp16");
+  }
+}
 
 void mlstm_cuda_chunk_bwd(const MlstmChunkBwdArgs& a, MlstmKernelDtype dtype, void* stream) {
   auto ok = [](int d) { return d == 64 || d == 128 || d == 256; };

@@ -13,6 +13,7 @@ using ck::kChunk;
 using ck::kSlice;
 
 constexpr int kBwdThreads = 256;
+constexpr float kBwdEps = 1e-6f;  // kMlstmEps of subq/ops/mlstm.h
 
 template <typename T, int DK, int DV>
 struct BwdSmem {
@@ -30,8 +31,8 @@ struct BwdSmem {
   float np[DK], dnout[DK];
   float ig[ck::kChunk], fg[ck::kChunk], inv[ck::kChunk], dqn[ck::kChunk];
   int rst[ck::kChunk], seg[ck::kChunk];
-  float cum[ck::kChunk], igv[ck::kChunk], m[ck::kChunk], a[ck::kChunk], b[ck::kChunk], qnp[ck::kChunk],
-      kdn[ck::kChunk];
+  double cum[ck::kChunk];  // fp64 prefix sums (mlstm_cuda_gates.cuh)
+  float igv[ck::kChunk], m[ck::kChunk], a[ck::kChunk], b[ck::kChunk], qnp[ck::kChunk], kdn[ck::kChunk];
   float prow[2][ck::kChunk], pcol[4][ck::kChunk], pa[2][ck::kChunk], pb[2][ck::kChunk];
   float red[kBwdThreads / 32];
   float bprev;
@@ -82,10 +83,10 @@ SUBQ_UNROLL
       sm.igv[t] = gt.ig[j];
       sm.m[t] = gt.m[j];
       sm.seg[t] = gt.seg[j];
-      sm.a[t] = gt.seg[j] == 0 ? expf(gt.g[j] - gt.m[j]) : 0.f;
-      sm.b[t] = gt.seg[j] == gt.seg_last ? expf(gt.cum_last - gt.cum[j] + gt.ig[j] - gt.m_last) : 0.f;
+      sm.a[t] = gt.seg[j] == 0 ? expf(carried_weight(gt.g[j], gt.m[j])) : 0.f;
+      sm.b[t] = gt.seg[j] == gt.seg_last ? expf(log_weight(gt.cum_last, gt.cum[j], gt.ig[j], gt.m_last)) : 0.f;
     }
-    if (lane == 0) sm.bprev = gt.seg_last == 0 ? expf(gt.g_last - gt.m_last) : 0.f;
+    if (lane == 0) sm.bprev = gt.seg_last == 0 ? expf(carried_weight(gt.g_last, gt.m_last)) : 0.f;
   }
   float sacc[4][4], pacc[4][4];
   ck::zero(sacc);
@@ -115,7 +116,7 @@ SUBQ_UNROLL
   float pv[4][4];
   ck::for_each_frag<4>(m0, n0, [&](int j, int i, int t, int s) {
     if (s <= t && sm.seg[s] == sm.seg[t]) {
-      const float A = expf(sm.cum[t] - sm.cum[s] + sm.igv[s] - sm.m[t]);
+      const float A = expf(log_weight(sm.cum[t], sm.cum[s], sm.igv[s], sm.m[t]));
       const float S = scale * sacc[j][i] * A;
       const float dS = sm.inv[t] * pacc[j][i] + sm.dqn[t];
       pv[j][i] = dS * S;
@@ -146,6 +147,7 @@ SUBQ_UNROLL
 
   const T* cst = static_cast<const T*>(a.c_states) + bhc * DK * DV;
   const T* dcst = static_cast<const T*>(a.dc_states) + bhc * DK * DV;
+  const T* c0_lo = (a.c0_lo && c == 0) ? static_cast<const T*>(a.c0_lo) + bh * DK * DV : nullptr;
   T* cps = sm.buf;
   T* dcs = sm.buf + kChunk * kVPitch;
   T* dq_g = static_cast<T*>(a.dq) + (bh * T_len + t0) * DK;
@@ -180,6 +182,19 @@ SUBQ_UNROLL
     float acc[4][4];
     ck::zero(acc);
     ck::warp_gemm<T, 4, /*dH[t][v]*/ false, /*C_p[k][v]*/ false>(acc, sm.dh, kVPitch, m0, cps, kVPitch, n0, DV);
+    if (c0_lo) {  // chunk 0 of an fp32 initial state: the residual C0_lo too (loaded over this slice of C_p)
+      __syncthreads();
+      ck::cp_async_tile<T, kChunk, DV, kBwdThreads>(cps, kVPitch, c0_lo + j * kSlice * DV, DV, kChunk);
+      ck::cp_async_commit();
+      ck::cp_async_wait<0>();
+      __syncthreads();
+      for (int e = tid; e < kChunk * DV / 2; e += kBwdThreads) {
+        const int r = e / (DV / 2), col = 2 * (e % (DV / 2));
+        const float2 x = ck::load2(cps + r * kVPitch + col), y = ck::load2(dcs + r * kVPitch + col);
+        cdc += x.x * y.x + x.y * y.y;
+      }
+      ck::warp_gemm<T, 4, false, false>(acc, sm.dh, kVPitch, m0, cps, kVPitch, n0, DV);
+    }
     {
       const float2 rd = ck::row_dot(acc, sm.q + j * kSlice, kKPitch, m0, n0);
       pa_lo += rd.x;
@@ -264,6 +279,41 @@ SUBQ_UNROLL
         a.dfg[bh * T_len + t0 + t] = dlv[j] / (1.f + expf(sm.fg[t]));
       }
     }
+  }
+}
+
+// The per-token pre-pass of the backward (MlstmPrepArgs): one warp per token, Dv / 64 pairs per lane.
+constexpr int kPrepThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads) mlstm_prep_kernel(const MlstmPrepArgs a) {
+  const int64_t n_tok = static_cast<int64_t>(a.batch) * a.heads * a.time;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * (kPrepThreads / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (i >= n_tok) return;  // whole warps leave together
+  const int64_t t = i % a.time, bh = i / a.time, hh = bh % a.heads, b = bh / a.heads;
+  const T* dh = static_cast<const T*>(a.dh.ptr) + b * a.dh.s0 + hh * a.dh.s1 + t * a.dh.s2;
+  const T* h = static_cast<const T*>(a.h) + i * a.dv;
+  const T* h_lo = a.h_lo ? static_cast<const T*>(a.h_lo) + i * a.dv : nullptr;
+  float dot = 0.f;
+  for (int col = 2 * lane; col < a.dv; col += 64) {
+    const float2 g = ck::load2(dh + col);
+    float2 x = ck::load2(h + col);
+    if (h_lo) {
+      const float2 lo = ck::load2(h_lo + col);
+      x.x += lo.x;
+      x.y += lo.y;
+    }
+    dot += g.x * x.x + g.y * x.y;
+  }
+  dot = ck::warp_sum(dot);
+  if (lane == 0) {
+    const float qn = a.qn[i], floor = expf(-a.m[i]);
+    const float inv = 1.f / (fmaxf(fabsf(qn), floor) + kBwdEps);
+    const float sign = qn > 0.f ? 1.f : (qn < 0.f ? -1.f : 0.f);
+    a.inv_den[i] = inv;
+    a.dh_dot_h[i] = dot;
+    a.dqn[i] = fabsf(qn) >= floor ? -dot * inv * sign : 0.f;
   }
 }
 

@@ -22,6 +22,7 @@ struct FwdSmem {
   T q[kChunk * kKPitch];
   T k[kChunk * kKPitch];
   T s[kChunk * kChunkPitch];
+  T s_lo[kChunk * kChunkPitch];  // S - S rounded: S V as two products has fp32-like precision
   struct Stage {
     T v[kChunk * kChunkPitch];
     T c[DK * kChunkPitch];
@@ -29,7 +30,8 @@ struct FwdSmem {
   float n[DK];
   float ig[kChunk], fg[kChunk];
   int rst[kChunk];
-  float cum[kChunk], igv[kChunk], m[kChunk], wint[kChunk], inv_den[kChunk], qn_inter[kChunk];
+  double cum[kChunk];  // fp64 prefix sums (mlstm_cuda_gates.cuh)
+  float igv[kChunk], m[kChunk], wint[kChunk], inv_den[kChunk], qn_inter[kChunk];
   float qn_part[2][kChunk];
   int seg[kChunk];
 };
@@ -51,6 +53,7 @@ __global__ void __launch_bounds__(kFwdThreads) mlstm_chunk_fwd_kernel(const Mlst
 
   const T* v_base = static_cast<const T*>(a.v.ptr) + b * a.v.s0 + h * a.v.s1 + t0 * a.v.s2;
   const T* c_base = static_cast<const T*>(a.c_states) + (bh * nc + c) * DK * Dv;
+  const T* c0_lo = (a.c0_lo && c == 0) ? static_cast<const T*>(a.c0_lo) + bh * DK * Dv : nullptr;
   auto load_slice = [&](int j, int buf) {
     auto& st = sm.stage[buf];
     ck::cp_async_tile<T, kChunk, kSlice, kFwdThreads>(st.v, kChunkPitch, v_base + j * kSlice, a.v.s2, rows);
@@ -81,7 +84,7 @@ SUBQ_UNROLL
       sm.igv[t] = gt.ig[j];
       sm.m[t] = gt.m[j];
       sm.seg[t] = gt.seg[j];
-      sm.wint[t] = gt.seg[j] == 0 ? expf(gt.g[j] - gt.m[j]) : 0.f;
+      sm.wint[t] = gt.seg[j] == 0 ? expf(carried_weight(gt.g[j], gt.m[j])) : 0.f;
     }
   }
   float sacc[4][4];  // (q k^T)[t][s] at rows m0.., columns n0..
@@ -102,8 +105,9 @@ SUBQ_UNROLL
 
   // S[t][s] = q^_t . k_s exp(cum_t - cum_s + i~_s - m_t) for s <= t in t's document, else 0 (selected)
   ck::for_each_frag<4>(m0, n0, [&](int j, int i, int t, int s) {
-    sacc[j][i] = (s <= t && sm.seg[s] == sm.seg[t]) ? sacc[j][i] * scale * expf(sm.cum[t] - sm.cum[s] + sm.igv[s] - sm.m[t])
-                                                    : 0.f;
+    sacc[j][i] = (s <= t && sm.seg[s] == sm.seg[t])
+                     ? sacc[j][i] * scale * expf(log_weight(sm.cum[t], sm.cum[s], sm.igv[s], sm.m[t]))
+                     : 0.f;
   });
   {
     const float2 rs = ck::row_sums(sacc);
@@ -114,6 +118,13 @@ SUBQ_UNROLL
     }
   }
   ck::store_frag<T>(sm.s, kChunkPitch, sacc, m0, n0);
+  {  // the rounding residual of S (the numerator then uses S to ~2^-16, like qn above)
+    float lo[4][4];
+    ck::for_each_frag<4>(m0, n0, [&](int j, int i, int, int) {
+      lo[j][i] = sacc[j][i] - ck::to_float(ck::from_float<T>(sacc[j][i]));
+    });
+    ck::store_frag<T>(sm.s_lo, kChunkPitch, lo, m0, n0);
+  }
   __syncthreads();
   if (tid < kChunk) {
     const int t = tid;
@@ -127,6 +138,7 @@ SUBQ_UNROLL
   }
 
   T* h_base = static_cast<T*>(a.h) + (bh * T_len + t0) * Dv;
+  T* h_lo_base = a.h_lo ? static_cast<T*>(a.h_lo) + (bh * T_len + t0) * Dv : nullptr;
   const int n_slices = Dv / kSlice;
   const int gq = lane >> 2, q4 = lane & 3;
   for (int j = 0; j < n_slices; ++j) {
@@ -142,8 +154,18 @@ SUBQ_UNROLL
     float acc[4][4];
     ck::zero(acc);
     ck::warp_gemm<T, 4, /*Q[t][k]*/ false, /*C[k][v]*/ true>(acc, sm.q, kKPitch, m0, st.c, kChunkPitch, n0, DK);
+    if (c0_lo) {  // chunk 0 of an fp32 initial state: q^ C0_lo too (its slice loaded over st.c)
+      __syncthreads();
+      ck::cp_async_tile<T, DK, kSlice, kFwdThreads>(st.c, kChunkPitch, c0_lo + j * kSlice, Dv, DK);
+      ck::cp_async_commit();
+      ck::cp_async_wait<0>();
+      __syncthreads();
+      ck::warp_gemm<T, 4, false, true>(acc, sm.q, kKPitch, m0, st.c, kChunkPitch, n0, DK);
+    }
     ck::scale_rows(acc, sm.wint[m0 + gq] * scale, sm.wint[m0 + gq + 8] * scale);
     ck::warp_gemm<T, 4, /*S[t][s]*/ false, /*V[s][v]*/ true>(acc, sm.s, kChunkPitch, m0, st.v, kChunkPitch, n0, kChunk);
+    ck::warp_gemm<T, 4, /*S_lo[t][s]*/ false, /*V[s][v]*/ true>(acc, sm.s_lo, kChunkPitch, m0, st.v, kChunkPitch, n0,
+                                                               kChunk);
     ck::scale_rows(acc, sm.inv_den[m0 + gq], sm.inv_den[m0 + gq + 8]);
     __syncthreads();  // all warps are done reading st.v: stage h there for 16-byte stores
 SUBQ_UNROLL
@@ -154,6 +176,18 @@ SUBQ_UNROLL
     }
     __syncthreads();
     ck::store_tile<T, kChunk, kSlice, kFwdThreads>(h_base + j * kSlice, Dv, st.v, kChunkPitch, rows);
+    if (h_lo_base) {  // h - h rounded, for the backward's dh . h (staged the same way, after everyone stored h)
+      __syncthreads();
+SUBQ_UNROLL
+      for (int jj = 0; jj < 4; ++jj) {
+        const int col = n0 + 8 * jj + 2 * q4;
+        auto res = [](float x) { return x - ck::to_float(ck::from_float<T>(x)); };
+        ck::store2(st.v + (m0 + gq) * kChunkPitch + col, res(acc[jj][0]), res(acc[jj][1]));
+        ck::store2(st.v + (m0 + gq + 8) * kChunkPitch + col, res(acc[jj][2]), res(acc[jj][3]));
+      }
+      __syncthreads();
+      ck::store_tile<T, kChunk, kSlice, kFwdThreads>(h_lo_base + j * kSlice, Dv, st.v, kChunkPitch, rows);
+    }
   }
   ck::cp_async_wait<0>();
 }

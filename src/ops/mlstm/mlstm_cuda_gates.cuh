@@ -12,6 +12,13 @@
 // the history and every token's log-weight), so the kernels reproduce the reference's m and final state.
 // The inner maximum is cum_t + (segmented prefix maximum of u_s = i~_s - cum_s): one warp scan.
 // Positions past the sequence end (t >= valid) have lf = 0 and i~ = -inf (no token).
+//
+// Precision: cum, g and u are fp64 (the scan of 64 values in fp64 costs nothing next to the chunk's matrix
+// products). With strongly closing gates |cum| reaches ~80 inside a chunk, where an fp32 prefix sum carries
+// ~1e-5 absolute error into every exponent cum_t - cum_s + i~_s - m_t; that moved h by 80% at a token whose
+// normaliser q . n cancels 1000-fold (H200 run of 17ac015, docs/perf/mlstm.md). The kernels form the
+// exponents with log_weight() / carried_weight() below: the difference of the fp64 sums first (exact to
+// ~1e-15), rounded to fp32 only once it is small, so each exponent errs by a few fp32 units of |i~|, |m|.
 #pragma once
 
 #include <cmath>
@@ -21,17 +28,28 @@
 namespace subq::ops::detail::mlstm_kernels {
 
 struct LaneGates {
-  float cum[2], m[2], g[2], ig[2];  // positions 2 lane and 2 lane + 1; ig = -inf past the end
+  double cum[2], g[2];    // positions 2 lane and 2 lane + 1
+  float m[2], ig[2];      // ig = -inf past the end
   int seg[2];
-  float cum_last, m_last, g_last;   // position 63 (every lane)
+  double cum_last, g_last;  // position 63 (every lane)
+  float m_last;
   int seg_last;
 };
+
+// The exponent of a token weight, cum_t - cum_s + i~_s - m_t, from fp64 prefix sums (see the top).
+__device__ __forceinline__ float log_weight(double cum_t, double cum_s, float ig_s, float m_t) {
+  return static_cast<float>(cum_t - cum_s) + (ig_s - m_t);
+}
+// The exponent of the carried state's weight, g_t - m_t.
+__device__ __forceinline__ float carried_weight(double g_t, float m_t) {
+  return static_cast<float>(g_t - static_cast<double>(m_t));
+}
 
 __device__ __forceinline__ float log_sigmoid(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
 
 // (seg, u) pairs combined left to right: the later document wins, within a document the larger u.
-__device__ __forceinline__ void seg_max_combine(int& seg, float& u, int seg_prev, float u_prev) {
-  if (seg == seg_prev) u = fmaxf(u, u_prev);
+__device__ __forceinline__ void seg_max_combine(int& seg, double& u, int seg_prev, double u_prev) {
+  if (seg == seg_prev) u = fmax(u, u_prev);
 }
 
 // One warp, all 32 lanes. ig, fg: the chunk's 64 gate pre-activations; rst: 64 reset flags or nullptr;
@@ -51,13 +69,13 @@ SUBQ_UNROLL
     o.ig[j] = ok ? ig[t] : neg_inf;
     r[j] = (ok && rst) ? (rst[t] != 0) : 0;
   }
-  // inclusive scans over lanes of the lane totals: log forget sum, reset count, last reset position
-  float s = lf[0] + lf[1];
+  // inclusive scans over lanes of the lane totals: log forget sum (fp64), reset count, last reset position
+  double s = static_cast<double>(lf[0]) + lf[1];
   int rs = r[0] + r[1];
   int last = r[1] ? 2 * lane + 1 : (r[0] ? 2 * lane : -1);
 SUBQ_UNROLL
   for (int off = 1; off < 32; off <<= 1) {
-    const float v = __shfl_up_sync(ck::kFullMask, s, off);
+    const double v = __shfl_up_sync(ck::kFullMask, s, off);
     const int w = __shfl_up_sync(ck::kFullMask, rs, off);
     const int l = __shfl_up_sync(ck::kFullMask, last, off);
     if (lane >= off) {
@@ -66,15 +84,15 @@ SUBQ_UNROLL
       last = last > l ? last : l;
     }
   }
-  float excl = __shfl_up_sync(ck::kFullMask, s, 1);
+  double excl = __shfl_up_sync(ck::kFullMask, s, 1);
   int rexcl = __shfl_up_sync(ck::kFullMask, rs, 1);
   int lexcl = __shfl_up_sync(ck::kFullMask, last, 1);
   if (lane == 0) {
-    excl = 0.f;
+    excl = 0.0;
     rexcl = 0;
     lexcl = -1;
   }
-  const float ex0 = excl, ex1 = excl + lf[0];  // exclusive sums: cum_{t-1}
+  const double ex0 = excl, ex1 = excl + lf[0];  // exclusive sums: cum_{t-1}
   o.cum[0] = ex1;
   o.cum[1] = ex1 + lf[1];
   o.seg[0] = rexcl + r[0];
@@ -86,33 +104,33 @@ SUBQ_UNROLL
 SUBQ_UNROLL
   for (int j = 0; j < 2; ++j) {
     const int src = lastpos[j] >= 0 ? lastpos[j] >> 1 : 0;
-    const float b0 = __shfl_sync(ck::kFullMask, ex0, src), b1 = __shfl_sync(ck::kFullMask, ex1, src);
-    const float base = (lastpos[j] & 1) ? b1 : b0;
+    const double b0 = __shfl_sync(ck::kFullMask, ex0, src), b1 = __shfl_sync(ck::kFullMask, ex1, src);
+    const double base = (lastpos[j] & 1) ? b1 : b0;
     o.g[j] = o.seg[j] == 0 ? o.cum[j] + m_prev : o.cum[j] - base;
   }
-  // segmented prefix maximum of u = i~ - cum
-  float u[2] = {o.ig[0] - o.cum[0], o.ig[1] - o.cum[1]};
+  // segmented prefix maximum of u = i~ - cum (fp64; -inf past the end)
+  double u[2] = {o.ig[0] - o.cum[0], o.ig[1] - o.cum[1]};
   seg_max_combine(o.seg[1], u[1], o.seg[0], u[0]);
   int sg = o.seg[1];
-  float su = u[1];
+  double su = u[1];
 SUBQ_UNROLL
   for (int off = 1; off < 32; off <<= 1) {
     const int sp = __shfl_up_sync(ck::kFullMask, sg, off);
-    const float up = __shfl_up_sync(ck::kFullMask, su, off);
+    const double up = __shfl_up_sync(ck::kFullMask, su, off);
     if (lane >= off) seg_max_combine(sg, su, sp, up);
   }
   int sgx = __shfl_up_sync(ck::kFullMask, sg, 1);
-  float sux = __shfl_up_sync(ck::kFullMask, su, 1);
+  double sux = __shfl_up_sync(ck::kFullMask, su, 1);
   if (lane == 0) {
     sgx = 0;
     sux = neg_inf;
   }
-  float pm0 = o.ig[0] - o.cum[0];
+  double pm0 = o.ig[0] - o.cum[0];
   seg_max_combine(o.seg[0], pm0, sgx, sux);
-  float pm1 = u[1];
+  double pm1 = u[1];
   seg_max_combine(o.seg[1], pm1, sgx, sux);
-  o.m[0] = fmaxf(o.g[0], o.cum[0] + pm0);
-  o.m[1] = fmaxf(o.g[1], o.cum[1] + pm1);
+  o.m[0] = static_cast<float>(fmax(o.g[0], o.cum[0] + pm0));
+  o.m[1] = static_cast<float>(fmax(o.g[1], o.cum[1] + pm1));
   o.cum_last = __shfl_sync(ck::kFullMask, o.cum[1], 31);
   o.m_last = __shfl_sync(ck::kFullMask, o.m[1], 31);
   o.g_last = __shfl_sync(ck::kFullMask, o.g[1], 31);

@@ -29,7 +29,7 @@ struct ScanStage {
 
 template <typename T>
 constexpr size_t scan_smem_bytes() {
-  return kScanStages * sizeof(ScanStage<T>) + kTile * kTilePitch * sizeof(T) + (2 * kChunk + 4) * sizeof(float);
+  return kScanStages * sizeof(ScanStage<T>) + 2 * kTile * kTilePitch * sizeof(T) + (2 * kChunk + 4) * sizeof(float);
 }
 
 // kReverse = false: the state scan; true: the state-gradient scan of the backward (see MlstmScanArgs).
@@ -38,7 +38,8 @@ __global__ void __launch_bounds__(kScanThreads) mlstm_scan_kernel(const MlstmSca
   SUBQ_DYNAMIC_SMEM(smem);
   auto* stages = reinterpret_cast<ScanStage<T>*>(smem);
   T* out_tile = reinterpret_cast<T*>(smem + kScanStages * sizeof(ScanStage<T>));
-  float* wts = reinterpret_cast<float*>(out_tile + kTile * kTilePitch);
+  T* k_lo = out_tile + kTile * kTilePitch;  // split_weights: the rounding residual of the weighted k rows
+  float* wts = reinterpret_cast<float*>(k_lo + kTile * kTilePitch);
   float* nwts = wts + kChunk;  // weights of the n update (forward: = wts)
   float* scal = nwts + kChunk;  // [0] weight of the carried state, [1] the new stabiliser
 
@@ -106,16 +107,16 @@ SUBQ_UNROLL
       for (int j = 0; j < 2; ++j) {
         const int t = 2 * lane + j;
         if constexpr (!kReverse) {  // token weights in the chunk-end state: exp(cum_63 - cum_s + i~_s - m_63)
-          wts[t] = gt.seg[j] == gt.seg_last ? expf(gt.cum_last - gt.cum[j] + gt.ig[j] - gt.m_last) : 0.f;
+          wts[t] = gt.seg[j] == gt.seg_last ? expf(log_weight(gt.cum_last, gt.cum[j], gt.ig[j], gt.m_last)) : 0.f;
           nwts[t] = wts[t];
         } else {  // a_t / sqrt(Dk) times 1 / den_t (for dC) or dqn_t (for dn), a_t = exp(g_t - m_t) [seg_t = 0]
-          const float at = gt.seg[j] == 0 ? scale * expf(gt.g[j] - gt.m[j]) : 0.f;
+          const float at = gt.seg[j] == 0 ? scale * expf(carried_weight(gt.g[j], gt.m[j])) : 0.f;
           wts[t] = at * st.inv_den[t];
           nwts[t] = at * st.dqn[t];
         }
       }
       if (lane == 0) {
-        scal[0] = gt.seg_last == 0 ? expf(gt.g_last - gt.m_last) : 0.f;
+        scal[0] = gt.seg_last == 0 ? expf(carried_weight(gt.g_last, gt.m_last)) : 0.f;
         scal[1] = gt.m_last;
       }
     }
@@ -133,7 +134,18 @@ SUBQ_UNROLL
     }
     __syncthreads();  // the raw k tile has been read
 
-    ck::scale_tile_rows<T, kChunk, kTile, kScanThreads>(st.k, kTilePitch, wts);
+    if (a.split_weights) {  // w o k = hi + lo, both rounded: hi in place, lo beside it
+      for (int e = tid; e < kChunk * kTile / 2; e += kScanThreads) {
+        const int r = e / (kTile / 2), col = 2 * (e % (kTile / 2));
+        const float2 x = ck::load2(st.k + r * kTilePitch + col);
+        const float w = wts[r], x0 = x.x * w, x1 = x.y * w;
+        const float h0 = ck::to_float(ck::from_float<T>(x0)), h1 = ck::to_float(ck::from_float<T>(x1));
+        ck::store2(st.k + r * kTilePitch + col, h0, h1);
+        ck::store2(k_lo + r * kTilePitch + col, x0 - h0, x1 - h1);
+      }
+    } else {
+      ck::scale_tile_rows<T, kChunk, kTile, kScanThreads>(st.k, kTilePitch, wts);
+    }
     ck::store_tile<T, kTile, kTile, kScanThreads>(c_states + ((bh * nc + c) * Dk + kt * kTile) * Dv + vt * kTile, Dv,
                                                   out_tile, kTilePitch, kTile);
     __syncthreads();
@@ -141,6 +153,8 @@ SUBQ_UNROLL
     ck::scale_rows(acc, w_prev, w_prev);
     ck::warp_gemm<T, 8, /*A k-major: K[s][k]*/ true, /*B k-major: V[s][v]*/ true>(acc, st.k, kTilePitch, m0, st.v,
                                                                                 kTilePitch, 0, kChunk);
+    if (a.split_weights)
+      ck::warp_gemm<T, 8, true, true>(acc, k_lo, kTilePitch, m0, st.v, kTilePitch, 0, kChunk);
   }
   ck::cp_async_wait<0>();  // no copies in flight when the block exits
 

@@ -19,5 +19,6 @@ void mlstm_cuda_scan(const MlstmScanArgs&, MlstmKernelDtype, void*) { no_cuda();
 void mlstm_cuda_chunk_fwd(const MlstmChunkFwdArgs&, MlstmKernelDtype, void*) { no_cuda(); }
 void mlstm_cuda_chunk_bwd(const MlstmChunkBwdArgs&, MlstmKernelDtype, void*) { no_cuda(); }
 void mlstm_cuda_step(const MlstmStepArgs&, MlstmKernelDtype, void*) { no_cuda(); }
+void mlstm_cuda_prep(const MlstmPrepArgs&, MlstmKernelDtype, void*) { no_cuda(); }
 
 }  // namespace subq::ops::detail

@@ -19,6 +19,20 @@ Dims check_sequence(const char* op, const torch::Tensor& q, const torch::Tensor&
 // The initial state in the compute dtype `ct` (zeros when `initial` is undefined).
 MlstmState initial_state(const MlstmState& initial, const Dims& d, torch::ScalarType ct, const torch::Device& dev);
 
+// mlstm_chunkwise() before its last division: h = num / den[..., None] with num [B, H, T, Dv] and den [B, H, T] in
+// the compute dtype (den = max(|q^ . n_t|, exp(-m_t)) + eps), and the final state. Autograd-able.
+// hold_m: every stabiliser m is a constant for autograd (only m0's scaling of the initial state keeps its
+// gradient) — the function the CUDA backward kernels differentiate (docs/perf/mlstm.md, "Backward").
+struct ChunkwiseParts {
+  torch::Tensor num, den;
+  MlstmState state;
+  torch::Tensor qn_abs;  // with_qn_abs: [B, H, T], the sum of |terms| of qn_t = q^_t . n_t (else undefined)
+};
+ChunkwiseParts chunkwise_parts(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& igate, const torch::Tensor& fgate, const MlstmState& initial,
+                               const torch::Tensor& reset, int64_t chunk_size, const char* op,
+                               bool hold_m = false, bool with_qn_abs = false);
+
 }  // namespace subq::ops::mlstm_detail
 
 namespace subq::ops::detail {

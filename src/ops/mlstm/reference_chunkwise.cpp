@@ -15,6 +15,11 @@
 // the chunk alone (C_loc, n_loc with their own max m_loc) and combined with the carried state in a short
 // loop over chunks: m_end = max(history weight, m_loc).
 //
+// chunkwise_parts() returns the numerator and denominator of h separately (h = num / den): the tests use
+// them to measure the two paths of a gradient (through num and through den), whose sum is the gradient.
+// With hold_m it detaches every stabiliser (m_t, the chunk maxima and the carried m; only m0's scaling of the
+// initial state keeps its gradient): the function whose gradients the CUDA backward kernels compute.
+// with_qn_abs adds sum_s |S_ts| + w_t |q^_t . n_p|, the size of the terms of qn_t (h_t's conditioning).
 // Cost: everything except that state loop is batched over all chunks (Q K^T, the decay matrix, C_loc and
 // the outputs are single batched matmuls over [B, H, NC, ...]); seg is a masked cumulative sum (no
 // differences of long cumulative sums, which lose precision when the forget gates are small).
@@ -32,15 +37,19 @@ namespace subq::ops {
 
 using torch::Tensor;
 
-MlstmResult mlstm_chunkwise(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& igate,
-                            const Tensor& fgate, const MlstmState& initial, const Tensor& reset, int64_t chunk_size) {
-  const char* op = "mlstm_chunkwise";
+mlstm_detail::ChunkwiseParts mlstm_detail::chunkwise_parts(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                            const Tensor& igate, const Tensor& fgate,
+                                                            const MlstmState& initial, const Tensor& reset,
+                                                            int64_t chunk_size, const char* op, bool hold_m,
+                                                            bool with_qn_abs) {
   if (chunk_size < 1) throw InputError(str(op, ": chunk_size must be >= 1, got ", chunk_size));
   const auto d = mlstm_detail::check_sequence(op, q, k, v, igate, fgate, initial, reset);
   const auto ct = detail::compute_dtype(q.scalar_type());
   const auto dev = q.device();
   MlstmState s0 = mlstm_detail::initial_state(initial, d, ct, dev);
-  if (d.t == 0) return {torch::zeros({d.b, d.h, 0, d.dv}, q.options()), s0};
+  if (d.t == 0)
+    return {torch::zeros({d.b, d.h, 0, d.dv}, q.options().dtype(ct)), torch::ones({d.b, d.h, 0}, q.options().dtype(ct)),
+            s0, with_qn_abs ? torch::zeros({d.b, d.h, 0}, q.options().dtype(ct)) : Tensor()};
 
   const int64_t B = d.b, H = d.h, L = std::min(chunk_size, d.t);
   const int64_t nc = (d.t + L - 1) / L, tp = nc * L, pad = tp - d.t;
@@ -89,7 +98,8 @@ MlstmResult mlstm_chunkwise(const Tensor& q, const Tensor& k, const Tensor& v, c
   // Each chunk's own contribution to its end state, stabilised by its own max.
   Tensor a = dlog.select(-2, L - 1);  // [B,H,nc,L]
   if (pad > 0) a = a.masked_fill(torch::arange(tp, long_opts).ge(d.t).view({nc, L}), neg_inf);
-  const Tensor m_loc = a.amax(-1);                              // [B,H,nc] (finite: position T-1 is in it)
+  Tensor m_loc = a.amax(-1);                                    // [B,H,nc] (finite: position T-1 is in it)
+  if (hold_m) m_loc = m_loc.detach();
   const Tensor kw = kc * torch::exp(a - m_loc.unsqueeze(-1)).unsqueeze(-1);
   const Tensor c_loc = torch::matmul(kw.transpose(-1, -2), vc);  // [B,H,nc,Dk,Dv]
   const Tensor n_loc = kw.sum(-2);                               // [B,H,nc,Dk]
@@ -109,7 +119,8 @@ MlstmResult mlstm_chunkwise(const Tensor& q, const Tensor& k, const Tensor& v, c
     const Tensor ce = carry_end.defined() ? carry_end.select(-1, i) : Tensor();  // [B,1]
     const Tensor g = beta_end.select(-1, i) + (ce.defined() ? torch::where(ce, m, 0.0) : m);
     const Tensor ml = m_loc.select(-1, i);
-    const Tensor m_new = torch::maximum(g, ml);
+    Tensor m_new = torch::maximum(g, ml);
+    if (hold_m) m_new = m_new.detach();
     Tensor w_prev = torch::exp(g - m_new);
     if (ce.defined()) w_prev = torch::where(ce, w_prev, 0.0);
     const Tensor w_loc = torch::exp(ml - m_new);
@@ -123,19 +134,32 @@ MlstmResult mlstm_chunkwise(const Tensor& q, const Tensor& k, const Tensor& v, c
 
   // Outputs for all chunks at once.
   const Tensor g = beta + (carry.defined() ? torch::where(carry, m_prev.unsqueeze(-1), 0.0) : m_prev.unsqueeze(-1));
-  const Tensor m_t = torch::maximum(g, dlog.amax(-1));  // [B,H,nc,L] == the recurrent m_t
+  Tensor m_t = torch::maximum(g, dlog.amax(-1));  // [B,H,nc,L] == the recurrent m_t
+  if (hold_m) m_t = m_t.detach();
   Tensor w_inter = torch::exp(g - m_t);
   if (carry.defined()) w_inter = torch::where(carry, w_inter, 0.0);
   const Tensor s = torch::matmul(qc, kc.transpose(-1, -2)) * torch::exp(dlog - m_t.unsqueeze(-1));  // [B,H,nc,L,L]
   const Tensor num = torch::matmul(s, vc) + w_inter.unsqueeze(-1) * torch::matmul(qc, c_prev);    // [B,H,nc,L,Dv]
   const Tensor qn = s.sum(-1) + w_inter * torch::matmul(qc, n_prev.unsqueeze(-1)).squeeze(-1);    // [B,H,nc,L]
   const Tensor den = torch::maximum(qn.abs(), torch::exp(-m_t)) + kMlstmEps;
-  Tensor h = (num / den.unsqueeze(-1)).reshape({B, H, tp, d.dv});
-  if (pad > 0) h = h.narrow(2, 0, d.t);
-  SUBQ_CHECK(h.sizes() == at::IntArrayRef({B, H, d.t, d.dv}) && c.sizes() == at::IntArrayRef({B, H, d.dk, d.dv}) &&
+  Tensor num_t = num.reshape({B, H, tp, d.dv}), den_t = den.reshape({B, H, tp}), qn_abs;
+  if (with_qn_abs)
+    qn_abs = (s.abs().sum(-1) + w_inter * torch::matmul(qc, n_prev.unsqueeze(-1)).squeeze(-1).abs()).reshape({B, H, tp});
+  if (pad > 0) {
+    num_t = num_t.narrow(2, 0, d.t);
+    den_t = den_t.narrow(2, 0, d.t);
+    if (with_qn_abs) qn_abs = qn_abs.narrow(2, 0, d.t);
+  }
+  SUBQ_CHECK(num_t.sizes() == at::IntArrayRef({B, H, d.t, d.dv}) && c.sizes() == at::IntArrayRef({B, H, d.dk, d.dv}) &&
                  m.sizes() == at::IntArrayRef({B, H}),
-             "mlstm_chunkwise produced h ", detail::shape_str(h.sizes()), ", c ", detail::shape_str(c.sizes()));
-  return {h.to(q.scalar_type()), {c, n, m}};
+             "chunkwise_parts produced num ", detail::shape_str(num_t.sizes()), ", c ", detail::shape_str(c.sizes()));
+  return {num_t, den_t, {c, n, m}, qn_abs};
+}
+
+MlstmResult mlstm_chunkwise(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& igate,
+                            const Tensor& fgate, const MlstmState& initial, const Tensor& reset, int64_t chunk_size) {
+  const auto p = mlstm_detail::chunkwise_parts(q, k, v, igate, fgate, initial, reset, chunk_size, "mlstm_chunkwise");
+  return {(p.num / p.den.unsqueeze(-1)).to(q.scalar_type()), p.state};
 }
 
 }  // namespace subq::ops
