@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -266,6 +267,11 @@ TEST_CASE("gated delta v2 backward, Dk = 128 (CPU emulation)", "[ops][gated_delt
 TEST_CASE("gated delta v2 backward, Dk = 256 (CPU emulation)", "[ops][gated_delta][kernels][v2]") {
   run_case(make_case(1, 1, 100, 256, 64, "init reset neg"), 0);    // scan tile 64, one stage
   run_case(make_case(1, 1, 70, 256, 96, "init fp16"), 1);          // scan tile 32
+  run_case(make_case(1, 1, 70, 256, 512, "init reset"), 0);         // the 340M config's heads: 8 scan blocks
+}
+
+TEST_CASE("gated delta v2 backward, several scan blocks per head (CPU emulation)", "[ops][gated_delta][kernels][v2]") {
+  run_case(make_case(1, 1, 80, 64, 256, "reset fp16"), 1);          // Dk 64, two 128-row scan blocks
 }
 
 TEST_CASE("gated delta v2 backward: only o or only the final state in the loss (CPU emulation)",
