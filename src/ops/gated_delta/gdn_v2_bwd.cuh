@@ -236,13 +236,15 @@ SUBQ_UNROLL
 
 // ======================================================================================================
 // B2 chunk_bwd: grid (DK / 64, nc, B*H); a block owns one 64-column key slice of one chunk and loops over
-// the value dimension in 32-wide tiles (S_c = states[c], G = dstates[c], both [Dv, Dk]):
+// the value dimension in 32-wide tiles, three cp.async stages deep (S_c = states[c], G = dstates[c]):
 //   dq1 = dO S_c, dKe = U G, dW = -dU S_c, dOU = dO U^T, <G, S_c>   (sums over the value tiles)
 //   dq = diag(e) dq1 + (dOU o D) K;   dk_part = (dOU o D)^T Q + diag(dl) dKe;   dw = dW
 //   dgc_part_t = rowsum_t(dDD) - colsum_t(dDD) + e_t <dq1_t, Q_t> - dl_t x_t
 //                + [t = 63] (gamma <G, S_c> + sum_s dl_s x_s),     dDD = dOU o (Q K^T) o D,  x_s = <dKe_s, K_s>
 // (everything restricted to the block's key slice: the key-dimension sums are partials over slices).
 // ======================================================================================================
+constexpr int kChunkStages = 3;  // chunk_bwd's value-tile pipeline depth (little compute per tile)
+
 template <typename T>
 struct ChunkSmem {
   T q[kChunk * kKSlicePitch], k[kChunk * kKSlicePitch];
@@ -250,7 +252,7 @@ struct ChunkSmem {
   struct Stage {
     T dO[kChunk * kVTilePitch], u[kChunk * kVTilePitch], du[kChunk * kVTilePitch];
     T s[kVTile * kKSlicePitch], gs[kVTile * kKSlicePitch];
-  } st[2];
+  } st[kChunkStages];
   float g[kChunk];
   int rst[kChunk];
   Decay d;
@@ -295,6 +297,9 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_v2_chunk_bwd_kernel(const Gdn
   if (a.reset) ck::cp_async_vec<int, kChunk, kThreads>(sm.rst, a.reset + static_cast<int64_t>(b) * T_len + t0, 1, rows);
   load_tile(0, 0);
   ck::cp_async_commit();
+  static_assert(kChunkStages == 3, "the waits below assume three stages");
+  if (nvt > 1) load_tile(1, 1);
+  ck::cp_async_commit();
 
   float dq1[4][4], dke[4][4], dw[4][4], dou[4][4];
   ck::zero(dq1);
@@ -303,11 +308,11 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_v2_chunk_bwd_kernel(const Gdn
   ck::zero(dou);
   float gsum = 0.f;
   for (int vt = 0; vt < nvt; ++vt) {
-    const int buf = vt & 1;
-    __syncthreads();  // the buffer about to be refilled is no longer read
-    if (vt + 1 < nvt) load_tile(vt + 1, buf ^ 1);
+    const int buf = vt % kChunkStages;
+    __syncthreads();  // the buffer about to be refilled (tile vt - 1's) is no longer read
+    if (vt + 2 < nvt) load_tile(vt + 2, (vt + 2) % kChunkStages);
     ck::cp_async_commit();
-    ck::cp_async_wait<1>();
+    ck::cp_async_wait<2>();  // groups 0..vt (tile vt) have landed
     __syncthreads();
     if (vt == 0 && warp == 0) chunk_decay(sm.d, sm.g, a.reset ? sm.rst : nullptr);
     auto& st = sm.st[buf];
