@@ -19,9 +19,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
+#include "gated_delta_v2_testing.h"
 #include "op_testing.h"
 #include "ops/common/chunk_decay.h"
 #include "ops/gated_delta/gated_delta_cuda.h"
@@ -193,123 +195,6 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   return in;
 }
 
-// What the v2 forward saves, from the fp32 reference pieces on the rounded inputs.
-d::GdnV2Saved make_saved(const Inputs& in) {
-  torch::NoGradGuard ng;
-  const auto f32 = torch::kFloat32;
-  const Tensor q = in.q.to(f32), k = in.k.to(f32), v = in.v.to(f32);
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3), dv = v.size(3);
-  Tensor tinv;
-  const d::UnitLowerSolve solve = [&tinv](const Tensor& A, const Tensor& R) {
-    const Tensor I = torch::eye(A.size(-1), A.options()).expand_as(A);
-    tinv = torch::linalg_solve_triangular(I + A, I, /*upper=*/false, /*left=*/true, /*unitriangular=*/true);
-    return torch::matmul(tinv, R);
-  };
-  const d::GatedDeltaChunks c = d::gated_delta_chunks(q, k, v, in.g, in.beta, in.reset, 64, false, f32, solve);
-  const int64_t nc = c.chunks, C = c.chunk;
-  REQUIRE(nc == (T + 63) / 64);
-  Tensor S = in.s0.defined() ? in.s0.clone() : torch::zeros({B, H, dv, dk}, q.options());
-  std::vector<Tensor> states, us;
-  for (int64_t i = 0; i < nc; ++i) {
-    states.push_back(S);
-    const Tensor U = c.u_tilde.select(2, i) - torch::matmul(c.w.select(2, i), S.transpose(-1, -2));
-    us.push_back(U);
-    S = c.gamma_end.select(2, i).unsqueeze(-1).unsqueeze(-1) * S + torch::matmul(U.transpose(-1, -2), c.k_end.select(2, i));
-  }
-  auto unchunk = [&](const Tensor& t) { return t.reshape({B, H, nc * C, t.size(-1)}).narrow(2, 0, T).contiguous(); };
-  const auto dt = in.q.scalar_type();
-  d::GdnV2Saved s;
-  s.q = in.q.contiguous();
-  s.k = in.k.contiguous();
-  s.v = in.v.contiguous();
-  s.g = in.g.contiguous();
-  s.beta = in.beta.contiguous();
-  if (in.reset.defined()) s.reset = in.reset.to(torch::kInt32).contiguous();
-  s.has_s0 = in.s0.defined();
-  Tensor t64 = torch::eye(64, q.options()).expand({B, H, nc, 64, 64}).clone();
-  t64.narrow(-2, 0, C).narrow(-1, 0, C).copy_(tinv);
-  s.tinv = t64;
-  s.w = unchunk(c.w).to(dt);
-  s.u = unchunk(torch::stack(us, 2)).to(dt);
-  s.states = torch::stack(states, 2).to(dt).contiguous();
-  return s;
-}
-
-// The backward's math in fp64 on the saved (rounded) tensors: what the kernels compute without their own
-// roundings (P, G, dU, dW, Tinv, dRw in the operand dtype). The distance kernel <-> this separates the
-// kernels' rounding from the contract's (bf16 u, w, states), which the comparison with autograd includes.
-d::GdnV2Grads fp64_on_saved(const d::GdnV2Saved& s, const Tensor& d_o, const Tensor& dfinal) {
-  torch::NoGradGuard ng;
-  namespace dd = subq::ops::detail;
-  const auto f64 = torch::kFloat64;
-  auto tr = [](const Tensor& t) { return t.transpose(-1, -2); };
-  auto rowsum = [](const Tensor& t) { return t.sum(-1); };
-  const int64_t B = s.q.size(0), H = s.q.size(1), T = s.q.size(2), dk = s.q.size(3), dv = s.v.size(3);
-  const dd::GatedDeltaChunks c =
-      dd::gated_delta_chunks(s.q.to(f64), s.k.to(f64), s.v.to(f64), s.g.to(f64), s.beta.to(f64),
-                             s.reset.defined() ? s.reset.to(torch::kBool) : Tensor(), 64, false, f64);
-  const int64_t C = c.chunk, nc = c.chunks, tp = nc * C;
-  auto chunk = [&](const Tensor& t) {
-    return dd::pad_time(t.to(f64), 2, tp).reshape({B, H, nc, C, t.size(-1)});
-  };
-  const Tensor vc = chunk(s.v), U = chunk(s.u), W = chunk(s.w);
-  const Tensor states = s.states.to(f64);
-  const Tensor Tm = s.tinv.to(f64).narrow(-2, 0, C).narrow(-1, 0, C);
-  const Tensor Ut = U + torch::matmul(W, tr(states));
-  const Tensor bc = dd::pad_time(s.beta.to(f64), 2, tp).reshape({B, H, nc, C});
-  const Tensor &Dm = c.decay, &e = c.gamma_in;
-  const Tensor KK = torch::matmul(c.kc, tr(c.kc)), QK = torch::matmul(c.qc, tr(c.kc));
-  const Tensor dO = d_o.defined() ? chunk(d_o) : torch::zeros({B, H, nc, C, dv}, vc.options());
-  Tensor dQ = e.unsqueeze(-1) * torch::matmul(dO, states);
-  Tensor de = rowsum(dO * torch::matmul(c.qc, tr(states)));
-  const Tensor dstates = torch::matmul(tr(dO), e.unsqueeze(-1) * c.qc);
-  const Tensor dOU = torch::matmul(dO, tr(U));
-  const Tensor dP = dOU * Dm;
-  dQ = dQ + torch::matmul(dP, c.kc);
-  Tensor dK = torch::matmul(tr(dP), c.qc);
-  Tensor dDm = dOU * QK;
-  const Tensor dU_out = torch::matmul(tr(QK * Dm), dO);
-  Tensor G = dfinal.defined() ? dfinal.to(f64) : torch::zeros({B, H, dv, dk}, vc.options());
-  std::vector<Tensor> dUs(nc), dWs(nc), dKe(nc), dGam(nc);
-  for (int64_t i = nc - 1; i >= 0; --i) {
-    const Tensor Sc = states.select(2, i);
-    const Tensor dU = dU_out.select(2, i) + torch::matmul(c.k_end.select(2, i), tr(G));
-    dUs[i] = dU;
-    dKe[i] = torch::matmul(U.select(2, i), G);
-    dGam[i] = (G * Sc).sum({-1, -2});
-    dWs[i] = -torch::matmul(dU, Sc);
-    G = c.gamma_end.select(-1, i).unsqueeze(-1).unsqueeze(-1) * G - torch::matmul(tr(dU), W.select(2, i)) +
-        dstates.select(2, i);
-  }
-  const Tensor dX_v = torch::stack(dUs, 2), dX_w = torch::stack(dWs, 2);
-  const Tensor dK_end = torch::stack(dKe, 2), dgamma = torch::stack(dGam, -1);
-  const Tensor dR_v = torch::matmul(tr(Tm), dX_v), dR_w = torch::matmul(tr(Tm), dX_w);
-  const Tensor dA = -(torch::matmul(dR_v, tr(Ut)) + torch::matmul(dR_w, tr(W))).tril(-1);
-  const Tensor dV = bc.unsqueeze(-1) * dR_v;
-  Tensor db = rowsum(dR_v * vc) + e * rowsum(dR_w * c.kc);
-  dK = dK + (bc * e).unsqueeze(-1) * dR_w;
-  de = de + bc * rowsum(dR_w * c.kc);
-  const Tensor dKK = dA * bc.unsqueeze(-1) * Dm;
-  db = db + rowsum(dA * KK * Dm);
-  dDm = dDm + dA * bc.unsqueeze(-1) * KK;
-  dK = dK + torch::matmul(dKK + tr(dKK), c.kc);
-  dK = dK + Dm.select(-2, C - 1).unsqueeze(-1) * dK_end;
-  dDm.select(-2, C - 1).add_(rowsum(dK_end * c.kc));
-  const Tensor dDD = dDm * Dm;
-  Tensor dgc = rowsum(dDD) - dDD.sum(-2) + de * e;
-  dgc.select(-1, C - 1).add_(dgamma * c.gamma_end);
-  const Tensor dg = dgc.flip(-1).cumsum(-1).flip(-1);
-  auto unchunk = [&](const Tensor& t, int64_t d) { return t.reshape({B, H, tp, d}).narrow(2, 0, T); };
-  d::GdnV2Grads r;
-  r.dq = unchunk(dQ, dk);
-  r.dk = unchunk(dK, dk);
-  r.dv = unchunk(dV, dv);
-  r.dg = dg.reshape({B, H, tp}).narrow(2, 0, T);
-  r.dbeta = db.reshape({B, H, tp}).narrow(2, 0, T);
-  r.ds0 = G;
-  return r;
-}
-
 // Asserts rel_rms(got, want) < tol; prints it and, for information, the distance to `floor64` (fp64 math on
 // the saved tensors).
 double report(const char* name, const Tensor& got, const Tensor& want, const Tensor& floor64, double tol) {
@@ -342,7 +227,7 @@ void run_case(const Case& c, int pass) {
   if (in.dfinal.defined()) loss = loss + (r.final_state * in.dfinal).sum();
   const auto want = torch::autograd::grad({loss}, x, {}, false, false, /*allow_unused=*/true);
 
-  const d::GdnV2Saved s = make_saved(in);
+  const d::GdnV2Saved s = subq::test::make_v2_saved(in.q, in.k, in.v, in.g, in.beta, in.s0, in.reset);
   const d::GdnV2Grads got = d::gated_delta_v2_backward(kEmulated, s, in.d_o, in.dfinal);
   REQUIRE(got.dq.sizes() == in.q.sizes());
   REQUIRE(got.dk.sizes() == in.k.sizes());
@@ -351,7 +236,7 @@ void run_case(const Case& c, int pass) {
   REQUIRE(got.dbeta.sizes() == in.beta.sizes());
   REQUIRE(got.ds0.defined() == c.init);
   auto want_or_zero = [](const Tensor& w, const Tensor& like) { return w.defined() ? w : torch::zeros_like(like, torch::kFloat32); };
-  const d::GdnV2Grads f = fp64_on_saved(s, in.d_o, in.dfinal);
+  const d::GdnV2Grads f = subq::test::v2_fp64_on_saved(s, in.d_o, in.dfinal);
   if (c.loss == Loss::kFinalOnly) {  // q does not reach the loss: dq must be exactly zero
     CHECK(torch::equal(got.dq.to(torch::kFloat32), torch::zeros_like(got.dq, torch::kFloat32)));
   } else {
@@ -382,6 +267,11 @@ TEST_CASE("gated delta v2 backward, Dk = 128 (CPU emulation)", "[ops][gated_delt
 TEST_CASE("gated delta v2 backward, Dk = 256 (CPU emulation)", "[ops][gated_delta][kernels][v2]") {
   run_case(make_case(1, 1, 100, 256, 64, "init reset neg"), 0);    // scan tile 64, one stage
   run_case(make_case(1, 1, 70, 256, 96, "init fp16"), 1);          // scan tile 32
+  run_case(make_case(1, 1, 70, 256, 512, "init reset"), 0);         // the 340M config's heads: 8 scan blocks
+}
+
+TEST_CASE("gated delta v2 backward, several scan blocks per head (CPU emulation)", "[ops][gated_delta][kernels][v2]") {
+  run_case(make_case(1, 1, 80, 64, 256, "reset fp16"), 1);          // Dk 64, two 128-row scan blocks
 }
 
 TEST_CASE("gated delta v2 backward: only o or only the final state in the loss (CPU emulation)",

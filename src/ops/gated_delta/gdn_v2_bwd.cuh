@@ -64,6 +64,37 @@ SUBQ_UNROLL
   }
 }
 
+// fp32 fragment <-> global rows base + r * stride (r < rows; other rows load as 0), as float2 pairs.
+template <int NT>
+__device__ __forceinline__ void store_frag_global_f32(float* base, int64_t stride, const float (&acc)[NT][4], int m0,
+                                                      int n0, int rows) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+SUBQ_UNROLL
+  for (int j = 0; j < NT; ++j) {
+    const int col = n0 + 8 * j + 2 * q;
+    if (m0 + g < rows) *reinterpret_cast<float2*>(base + (m0 + g) * stride + col) = make_float2(acc[j][0], acc[j][1]);
+    if (m0 + g + 8 < rows)
+      *reinterpret_cast<float2*>(base + (m0 + g + 8) * stride + col) = make_float2(acc[j][2], acc[j][3]);
+  }
+}
+template <int NT>
+__device__ __forceinline__ void load_frag_global_f32(float (&acc)[NT][4], const float* base, int64_t stride, int m0,
+                                                     int n0, int rows) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+SUBQ_UNROLL
+  for (int j = 0; j < NT; ++j) {
+    const int col = n0 + 8 * j + 2 * q;
+    const float2 lo = m0 + g < rows ? *reinterpret_cast<const float2*>(base + (m0 + g) * stride + col)
+                                    : make_float2(0.f, 0.f);
+    const float2 hi = m0 + g + 8 < rows ? *reinterpret_cast<const float2*>(base + (m0 + g + 8) * stride + col)
+                                        : make_float2(0.f, 0.f);
+    acc[j][0] = lo.x;
+    acc[j][1] = lo.y;
+    acc[j][2] = hi.x;
+    acc[j][3] = hi.y;
+  }
+}
+
 // ======================================================================================================
 // B1 scan_bwd: grid (Dv / BV, B*H), chunks last to first, G = dL/dS_{c+1} ([BV, DK] fp32 in mma
 // accumulators, starts at dfinal). Per chunk:
@@ -134,9 +165,10 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_v2_scan_bwd_kernel(const GdnV
   };
 
   float G[NTG][4];
-  ck::for_each_frag<NTG>(m0g, n0g, [&](int j, int i, int r, int col) {
-    G[j][i] = a.dfinal ? a.dfinal[(static_cast<int64_t>(bh) * Dv + v0 + r) * DK + col] : 0.f;
-  });
+  if (a.dfinal)
+    load_frag_global_f32<NTG>(G, a.dfinal + (static_cast<int64_t>(bh) * Dv + v0) * DK, DK, m0g, n0g, BV);
+  else
+    ck::zero(G);
 
   load(nc - 1, 0);
   ck::cp_async_commit();
@@ -199,20 +231,20 @@ SUBQ_UNROLL
     }
   }
   ck::cp_async_wait<0>();
-  ck::for_each_frag<NTG>(m0g, n0g, [&](int j, int i, int r, int col) {
-    a.ds0[(static_cast<int64_t>(bh) * Dv + v0 + r) * DK + col] = G[j][i];
-  });
+  store_frag_global_f32<NTG>(a.ds0 + (static_cast<int64_t>(bh) * Dv + v0) * DK, DK, G, m0g, n0g, BV);
 }
 
 // ======================================================================================================
 // B2 chunk_bwd: grid (DK / 64, nc, B*H); a block owns one 64-column key slice of one chunk and loops over
-// the value dimension in 32-wide tiles (S_c = states[c], G = dstates[c], both [Dv, Dk]):
+// the value dimension in 32-wide tiles, three cp.async stages deep (S_c = states[c], G = dstates[c]):
 //   dq1 = dO S_c, dKe = U G, dW = -dU S_c, dOU = dO U^T, <G, S_c>   (sums over the value tiles)
 //   dq = diag(e) dq1 + (dOU o D) K;   dk_part = (dOU o D)^T Q + diag(dl) dKe;   dw = dW
 //   dgc_part_t = rowsum_t(dDD) - colsum_t(dDD) + e_t <dq1_t, Q_t> - dl_t x_t
 //                + [t = 63] (gamma <G, S_c> + sum_s dl_s x_s),     dDD = dOU o (Q K^T) o D,  x_s = <dKe_s, K_s>
 // (everything restricted to the block's key slice: the key-dimension sums are partials over slices).
 // ======================================================================================================
+constexpr int kChunkStages = 3;  // chunk_bwd's value-tile pipeline depth (little compute per tile)
+
 template <typename T>
 struct ChunkSmem {
   T q[kChunk * kKSlicePitch], k[kChunk * kKSlicePitch];
@@ -220,7 +252,7 @@ struct ChunkSmem {
   struct Stage {
     T dO[kChunk * kVTilePitch], u[kChunk * kVTilePitch], du[kChunk * kVTilePitch];
     T s[kVTile * kKSlicePitch], gs[kVTile * kKSlicePitch];
-  } st[2];
+  } st[kChunkStages];
   float g[kChunk];
   int rst[kChunk];
   Decay d;
@@ -265,6 +297,9 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_v2_chunk_bwd_kernel(const Gdn
   if (a.reset) ck::cp_async_vec<int, kChunk, kThreads>(sm.rst, a.reset + static_cast<int64_t>(b) * T_len + t0, 1, rows);
   load_tile(0, 0);
   ck::cp_async_commit();
+  static_assert(kChunkStages == 3, "the waits below assume three stages");
+  if (nvt > 1) load_tile(1, 1);
+  ck::cp_async_commit();
 
   float dq1[4][4], dke[4][4], dw[4][4], dou[4][4];
   ck::zero(dq1);
@@ -273,11 +308,11 @@ __global__ void __launch_bounds__(kThreads, 2) gdn_v2_chunk_bwd_kernel(const Gdn
   ck::zero(dou);
   float gsum = 0.f;
   for (int vt = 0; vt < nvt; ++vt) {
-    const int buf = vt & 1;
-    __syncthreads();  // the buffer about to be refilled is no longer read
-    if (vt + 1 < nvt) load_tile(vt + 1, buf ^ 1);
+    const int buf = vt % kChunkStages;
+    __syncthreads();  // the buffer about to be refilled (tile vt - 1's) is no longer read
+    if (vt + 2 < nvt) load_tile(vt + 2, (vt + 2) % kChunkStages);
     ck::cp_async_commit();
-    ck::cp_async_wait<1>();
+    ck::cp_async_wait<2>();  // groups 0..vt (tile vt) have landed
     __syncthreads();
     if (vt == 0 && warp == 0) chunk_decay(sm.d, sm.g, a.reset ? sm.rst : nullptr);
     auto& st = sm.st[buf];
@@ -348,9 +383,7 @@ SUBQ_UNROLL
   // dk_part = P'^T Q + diag(dl) dKe  (fp32)
   ck::scale_rows(dke, sm.d.dl[m0 + gq], sm.d.dl[m0 + gq + 8]);
   ck::warp_gemm<T, 4, /*P'[t][s]*/ true, /*Q[t][i]*/ true>(dke, sm.p, kKP, m0, sm.q, kKP, n0, kChunk);
-  ck::for_each_frag<4>(m0, n0, [&](int j, int i, int r, int col) {
-    if (r < rows) a.dk_part[(row0 + r) * Dk + i0 + col] = dke[j][i];
-  });
+  store_frag_global_f32<4>(a.dk_part + row0 * Dk + i0, Dk, dke, m0, n0, rows);
 
   if (warp == 0) {
     const int t = 2 * lane;
@@ -451,10 +484,7 @@ __global__ void __launch_bounds__(kThreads, DK <= 128 ? 2 : 1) gdn_v2_wy_bwd_ker
   }
   __syncthreads();
 
-  // KK = K K^T; dRw = Tinv^T dW; rw partials
-  float kk[4][4];
-  ck::zero(kk);
-  ck::warp_gemm<T, 4, /*K[t][i]*/ false, /*K[s][i]*/ false>(kk, sm.k, kKP, m0, sm.k, kKP, n0, DK);
+  // dRw = Tinv^T dW; rw partials
   {
     float drw[NTR][4];
     ck::zero(drw);
@@ -505,8 +535,12 @@ __global__ void __launch_bounds__(kThreads, DK <= 128 ? 2 : 1) gdn_v2_wy_bwd_ker
   }
   __syncthreads();  // every read of tib is done (it becomes M)
 
-  // dA, M = dA o beta_t o D (shared), dDD and dbeta sums
+  // dA, M = dA o beta_t o D (shared), dDD and dbeta sums. K K^T is computed here, not kept through the
+  // value loop (16 registers fewer there: no spills at the 2-blocks-per-SM register budget).
   {
+    float kk[4][4];
+    ck::zero(kk);
+    ck::warp_gemm<T, 4, /*K[t][i]*/ false, /*K[s][i]*/ false>(kk, sm.k, kKP, m0, sm.k, kKP, n0, DK);
     float pa[4][4], pd[4][4], pm[4][4];
     ck::for_each_frag<4>(m0, n0, [&](int j, int i, int t, int s) {
       const float da = s < t ? -na[j][i] : 0.f;
@@ -538,10 +572,9 @@ SUBQ_UNROLL
   // dk = dk_part + diag(beta e) dRw + (M + M^T) K
   {
     float dkf[NTR][4];
+    load_frag_global_f32<NTR>(dkf, a.dk_part + row0 * DK, DK, m0, n0r, rows);
     ck::for_each_frag<NTR>(m0, n0r, [&](int j, int i, int r, int col) {
-      const float part = r < rows ? a.dk_part[(row0 + r) * DK + col] : 0.f;
-      const T* pr = sm.dw + r * kKP + col;
-      dkf[j][i] = part + sm.beta[r] * sm.d.e[r] * ck::to_float(*pr);
+      dkf[j][i] += sm.beta[r] * sm.d.e[r] * ck::to_float(sm.dw[r * kKP + col]);
     });
     ck::warp_gemm<T, NTR, /*M[t][s]*/ false, /*K[s][i]*/ true>(dkf, sm.tib, kChunkPitch, m0, sm.k, kKP, n0r, kChunk);
     ck::warp_gemm<T, NTR, /*M[s][t]*/ true, /*K[s][i]*/ true>(dkf, sm.tib, kChunkPitch, m0, sm.k, kKP, n0r, kChunk);
