@@ -16,7 +16,7 @@
 //    for the chunk gradients. Precision choices after the H200 run of 17ac015 (docs/perf/mlstm.md): dh . h
 //    from the fp32 h; an fp32 initial state enters chunk 0 as rounded + residual; the reverse scan splits its
 //    weighted rows likewise when dC0 is needed (dm0 cancels); the stabiliser's gradient path is added
-//    (stabiliser_path), so the gradient is the exact one, not the m-held approximation.
+//    (mlstm_stabiliser_grads), so the gradient is the exact one, not the m-held approximation.
 //  * Strided q, k, v are used as they are when every row (the last dimension) is contiguous and 16-byte
 //    aligned (the xLSTM layer passes transposed views of its projections); anything else is copied.
 //  * Gates and the initial state are converted to fp32 contiguous tensors, reset flags to int32.
@@ -92,44 +92,6 @@ bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts)
     if (t->defined() && t->requires_grad()) return true;
   return false;
-}
-
-// The gradient through the stabiliser, which the backward kernels leave out (they hold every m_t constant).
-// In unscaled terms h_t = C~_t^T q^ / (max(|n~_t^T q^|, 1) + 1e-6 exp(m_t)): m_t reaches h_t only through
-// the 1e-6 term, dh_t/dm_t = -1e-6 h_t / den_t, so dL/dm_t = -1e-6 (dh_t . h_t) / den_t at fixed inputs. m_t
-// itself is max(lf_t + m_{t-1}, i~_t) (m_{t-1} = 0 after a reset at t; m0, or 0, before the first token): its
-// gradient goes to lf_t and on to m_{t-1} where the history branch is the max, else to i~_t. So the total
-// gradient reaching m_t is a segmented suffix sum, D_t = dL/dm_t + [history branch at t+1] D_{t+1}, done in
-// fp64 as differences of one suffix sum. It is ~1e-6 of the other terms and matters only where it is the
-// whole gradient (df~ of a sequence's first token without a carried state: there the m-constant backward
-// gives exactly 0), but it makes the kernels' gradient the exact one. Cost: a few [B, H, T] LibTorch ops.
-struct StabiliserGrads {
-  Tensor dig, dfg, dm0;  // [B, H, T], [B, H, T], [B, H] (undefined without an initial state)
-};
-StabiliserGrads stabiliser_path(const Tensor& dh_dot_h, const Tensor& inv_den, const Tensor& m_tok, const Tensor& ig,
-                                const Tensor& fg, const Tensor& m0, const Tensor& reset) {
-  const int64_t B = m_tok.size(0), H = m_tok.size(1), T = m_tok.size(2);
-  const auto f64 = m_tok.options().dtype(torch::kDouble);
-  const Tensor gm = (-kMlstmEps) * dh_dot_h.to(torch::kDouble) * inv_den.to(torch::kDouble);
-  const Tensor lf = torch::log_sigmoid(fg);
-  const Tensor first = m0.defined() ? m0.unsqueeze(-1) : torch::zeros({B, H, 1}, m_tok.options());
-  Tensor m_prev = torch::cat({first, m_tok.narrow(2, 0, T - 1)}, 2);
-  const Tensor rs = reset.defined() ? reset.unsqueeze(1) : Tensor();  // [B, 1, T]
-  if (rs.defined()) m_prev = torch::where(rs, torch::zeros_like(m_prev), m_prev);
-  const Tensor hist = (lf + m_prev) >= ig;                          // m_t took the history branch
-  const Tensor pass = rs.defined() ? hist & rs.logical_not() : hist;  // ... and so depends on m_{t-1}
-  // D_t = sum of gm over t..E_t, E_t = the first position >= t whose successor does not pass its gradient on
-  const Tensor suffix = torch::cat({gm.flip(2).cumsum(2).flip(2), torch::zeros({B, H, 1}, f64)}, 2);  // [.., T + 1]
-  const Tensor pos = torch::arange(T, m_tok.options().dtype(torch::kLong)).expand({B, H, T});
-  const Tensor stops = torch::cat({pass.narrow(2, 1, T - 1).logical_not(), torch::ones({B, H, 1}, hist.options())}, 2);
-  const Tensor end = std::get<0>(torch::where(stops, pos, T).flip(2).cummin(2)).flip(2);
-  const Tensor d = suffix.narrow(2, 0, T) - suffix.gather(2, end + 1);  // D_t
-  StabiliserGrads out;
-  const Tensor zero = torch::zeros_like(d);
-  out.dig = torch::where(hist, zero, d).to(torch::kFloat32);
-  out.dfg = (torch::where(hist, d, zero) * torch::sigmoid(-fg.to(torch::kDouble))).to(torch::kFloat32);
-  if (m0.defined()) out.dm0 = torch::where(pass.select(2, 0), d.select(2, 0), zero.select(2, 0)).to(torch::kFloat32);
-  return out;
 }
 
 class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
@@ -309,9 +271,10 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     ba.dfg = dfg.data_ptr<float>();
     l.chunk_bwd(ba, kd, stream);
 
-    // The stabiliser's own path (the kernels above hold every m_t constant): see stabiliser_path().
-    const StabiliserGrads sp = stabiliser_path(dh_dot_h, inv_den, m_tok, ig, fg, has_init ? f32c(m0_in) : Tensor(),
-                                               reset_in.numel() ? reset_in.to(torch::kBool) : Tensor());
+    // The stabiliser's own path (the kernels above hold every m_t constant): see mlstm_stabiliser_grads().
+    const detail::MlstmStabiliserGrads sp =
+        detail::mlstm_stabiliser_grads(dh_dot_h, inv_den, m_tok, ig, fg, has_init ? f32c(m0_in) : Tensor(),
+                                       reset_in.numel() ? reset_in.to(torch::kBool) : Tensor());
     variable_list out(10);
     out[1] = dq;
     out[2] = dk;
@@ -356,6 +319,42 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
 };
 
 }  // namespace
+
+// The gradient through the stabiliser, which the backward kernels leave out (they hold every m_t constant).
+// In unscaled terms h_t = C~_t^T q^ / (max(|n~_t^T q^|, 1) + 1e-6 exp(m_t)): m_t reaches h_t only through
+// the 1e-6 term, dh_t/dm_t = -1e-6 h_t / den_t, so dL/dm_t = -1e-6 (dh_t . h_t) / den_t at fixed inputs. m_t
+// itself is max(lf_t + m_{t-1}, i~_t) (m_{t-1} = 0 after a reset at t; m0, or 0, before the first token): its
+// gradient goes to lf_t and on to m_{t-1} where the history branch is the max, else to i~_t. So the total
+// gradient reaching m_t is a segmented suffix sum, D_t = dL/dm_t + [history branch at t+1] D_{t+1}, done in
+// fp64 as differences of one suffix sum. It is ~1e-6 of the other terms and matters only where it is the
+// whole gradient (df~ of a sequence's first token without a carried state: there the m-constant backward
+// gives exactly 0), but it makes the kernels' gradient the exact one. Cost: a few [B, H, T] LibTorch ops.
+detail::MlstmStabiliserGrads detail::mlstm_stabiliser_grads(const Tensor& dh_dot_h, const Tensor& inv_den,
+                                                            const Tensor& m_tok, const Tensor& ig, const Tensor& fg,
+                                                            const Tensor& m0, const Tensor& reset) {
+  const int64_t B = m_tok.size(0), H = m_tok.size(1), T = m_tok.size(2);
+  const auto f64 = m_tok.options().dtype(torch::kDouble);
+  const Tensor gm = (-kMlstmEps) * dh_dot_h.to(torch::kDouble) * inv_den.to(torch::kDouble);
+  const Tensor lf = torch::log_sigmoid(fg);
+  const Tensor first = m0.defined() ? m0.unsqueeze(-1) : torch::zeros({B, H, 1}, m_tok.options());
+  Tensor m_prev = torch::cat({first, m_tok.narrow(2, 0, T - 1)}, 2);
+  const Tensor rs = reset.defined() ? reset.unsqueeze(1) : Tensor();  // [B, 1, T]
+  if (rs.defined()) m_prev = torch::where(rs, torch::zeros_like(m_prev), m_prev);
+  const Tensor hist = (lf + m_prev) >= ig;                          // m_t took the history branch
+  const Tensor pass = rs.defined() ? hist & rs.logical_not() : hist;  // ... and so depends on m_{t-1}
+  // D_t = sum of gm over t..E_t, E_t = the first position >= t whose successor does not pass its gradient on
+  const Tensor suffix = torch::cat({gm.flip(2).cumsum(2).flip(2), torch::zeros({B, H, 1}, f64)}, 2);  // [.., T + 1]
+  const Tensor pos = torch::arange(T, m_tok.options().dtype(torch::kLong)).expand({B, H, T});
+  const Tensor stops = torch::cat({pass.narrow(2, 1, T - 1).logical_not(), torch::ones({B, H, 1}, hist.options())}, 2);
+  const Tensor end = std::get<0>(torch::where(stops, pos, T).flip(2).cummin(2)).flip(2);
+  const Tensor d = suffix.narrow(2, 0, T) - suffix.gather(2, end + 1);  // D_t
+  MlstmStabiliserGrads out;
+  const Tensor zero = torch::zeros_like(d);
+  out.dig = torch::where(hist, zero, d).to(fg.scalar_type());
+  out.dfg = (torch::where(hist, d, zero) * torch::sigmoid(-fg.to(torch::kDouble))).to(fg.scalar_type());
+  if (m0.defined()) out.dm0 = torch::where(pass.select(2, 0), d.select(2, 0), zero.select(2, 0)).to(fg.scalar_type());
+  return out;
+}
 
 std::string mlstm_cuda_unsupported(const torch::Tensor& q, const torch::Tensor& v) {
   if (!detail::mlstm_cuda_built()) return "this build has no CUDA kernels (nvcc was not found at configure time)";
