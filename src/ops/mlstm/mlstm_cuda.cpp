@@ -14,8 +14,9 @@
 //    kernel (mlstm_prep_kernel); the forward saves h, its rounding residual h_lo (only when a backward can
 //    follow), qn_t and m_t (fp32) for it, and the per-chunk states (C in the operand dtype, n and m in fp32)
 //    for the chunk gradients. Precision choices after the H200 run of 17ac015 (docs/perf/mlstm.md): dh . h
-//    from the fp32 h; an fp32 initial state enters chunk 0 as rounded + residual; the reverse scan splits its
-//    weighted rows likewise when dC0 is needed (dm0 cancels); the stabiliser's gradient path is added
+//    from the fp32 h; the per-chunk states C_p (an fp32 initial state included) as rounded + residual, from a
+//    scan whose weighted k rows are split likewise; the reverse scan splits its weighted rows too when dC0 is
+//    needed (dm0 cancels); the stabiliser's gradient path is added
 //    (mlstm_stabiliser_grads), so the gradient is the exact one, not the m-held approximation.
 //  * Strided q, k, v are used as they are when every row (the last dimension) is contiguous and 16-byte
 //    aligned (the xLSTM layer passes transposed views of its projections); anything else is copied.
@@ -70,13 +71,6 @@ detail::MlstmRows rows_of(const Tensor& t) { return {t.data_ptr(), t.stride(0), 
 
 Tensor f32c(const Tensor& t) { return t.defined() ? t.to(torch::kFloat32).contiguous() : Tensor(); }
 
-// x - x rounded to `dtype`, in `dtype` (contiguous), or undefined for undefined x: with the rounded x (the
-// chunk-0 entry of the scan's c_states) it carries an fp32 initial state C0 to ~2^-16 into the chunk kernels.
-Tensor rounding_residual(const Tensor& x, torch::ScalarType dtype) {
-  if (!x.defined()) return Tensor();
-  return (x - x.to(dtype).to(torch::kFloat32)).to(dtype).contiguous();
-}
-
 detail::MlstmSizes sizes_of(const Tensor& q, const Tensor& v) {
   detail::MlstmSizes n;
   n.batch = static_cast<int>(q.size(0));
@@ -113,7 +107,10 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     const Tensor c0 = has_init ? f32c(c0_in) : Tensor(), n0 = has_init ? f32c(n0_in) : Tensor(),
                  m0 = has_init ? f32c(m0_in) : Tensor();
 
-    const Tensor c_states = torch::empty({B, H, nc, Dk, Dv}, q.options());
+    // the per-chunk states as rounded + residual (c_states + c_states_lo ~ the fp32 state): a token whose
+    // q . n and q C cancel (q nearly orthogonal to a state dominated by a few tokens) needs C_p beyond bf16
+    const Tensor c_states = torch::empty({B, H, nc, Dk, Dv}, q.options()),
+                 c_states_lo = torch::empty({B, H, nc, Dk, Dv}, q.options());
     const Tensor n_states = torch::empty({B, H, nc, Dk}, f32), m_states = torch::empty({B, H, nc}, f32);
     Tensor c_out = torch::empty({B, H, Dk, Dv}, f32), n_out = torch::empty({B, H, Dk}, f32),
            m_out = torch::empty({B, H}, f32);
@@ -137,6 +134,8 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     sa.n_in = ptr_or_null<float>(n0);
     sa.m_in = ptr_or_null<float>(m0);
     sa.c_states = c_states.data_ptr();
+    sa.c_states_lo = c_states_lo.data_ptr();
+    sa.split_weights = true;  // the state itself to ~2^-16 (the weighted k rows as rounded + residual)
     sa.n_states = n_states.data_ptr<float>();
     sa.m_states = m_states.data_ptr<float>();
     sa.c_out = c_out.data_ptr<float>();
@@ -155,8 +154,7 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     fa.c_states = sa.c_states;
     fa.n_states = sa.n_states;
     fa.m_states = sa.m_states;
-    const Tensor c0_lo = rounding_residual(c0, q.scalar_type());
-    fa.c0_lo = c0_lo.defined() ? c0_lo.data_ptr() : nullptr;
+    fa.c_lo = c_states_lo.data_ptr();
     fa.h = h.data_ptr();
     fa.h_lo = grad_follows ? h_lo.data_ptr() : nullptr;
     fa.qn = qn.data_ptr<float>();
@@ -168,7 +166,8 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     ctx->set_materialize_grads(false);
     ctx->saved_data["launchers"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(launchers));
     ctx->save_for_backward(
-        {q, k, v, igate, fgate, c0_in, n0_in, m0_in, reset_in, h, c_states, n_states, m_states, qn, m_tok, h_lo});
+        {q, k, v, igate, fgate, c0_in, n0_in, m0_in, reset_in, h, c_states, n_states, m_states, qn, m_tok, h_lo,
+         c_states_lo});
     return {h, c_out, n_out, m_out};
   }
 
@@ -188,7 +187,7 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
   static variable_list kernel_backward(const detail::MlstmLaunchers& l, const variable_list& s, const Tensor& dh_in) {
     const Tensor &q = s[0], &k = s[1], &v = s[2], &igate = s[3], &fgate = s[4], &c0_in = s[5], &n0_in = s[6],
                  &m0_in = s[7], &reset_in = s[8], &h = s[9], &c_states = s[10], &n_states = s[11],
-                 &m_states = s[12], &qn = s[13], &m_tok = s[14], &h_lo = s[15];
+                 &m_states = s[12], &qn = s[13], &m_tok = s[14], &h_lo = s[15], &c_states_lo = s[16];
     const bool has_init = c0_in.numel() > 0;
     c10::DeviceGuard guard(q.device());
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3), Dv = v.size(3);
@@ -260,8 +259,7 @@ class MlstmCudaFunction : public torch::autograd::Function<MlstmCudaFunction> {
     ba.c_states = c_states.data_ptr();
     ba.n_states = n_states.data_ptr<float>();
     ba.m_states = m_states.data_ptr<float>();
-    const Tensor c0_lo = rounding_residual(has_init ? f32c(c0_in) : Tensor(), q.scalar_type());
-    ba.c0_lo = c0_lo.defined() ? c0_lo.data_ptr() : nullptr;
+    ba.c_lo = c_states_lo.data_ptr();
     ba.dc_states = dc_states.data_ptr();
     ba.dn_states = dn_states.data_ptr<float>();
     ba.dq = dq.data_ptr();
