@@ -4,9 +4,9 @@
 // mlstm_decode() (see subq/ops/mlstm.h).
 //
 // Decisions:
-//  * Backward: the kernels (reverse state-gradient scan + chunk gradients, m held constant; exact for
-//    losses on h up to the 1e-6 exp(m) term, see docs/perf/mlstm.md) whenever the final state has no
-//    gradient — training never puts the final state into the loss. When it has one (the scaled final
+//  * Backward: the kernels (pre-pass, reverse state-gradient scan + chunk gradients with m held constant,
+//    plus m's own path in LibTorch ops: exact for losses on h, see docs/perf/mlstm.md) whenever the final
+//    state has no gradient — training never puts the final state into the loss. When it has one (the scaled final
 //    C, n depend on m at O(1), and m's own gradient runs through the max of the stabiliser), the backward
 //    recomputes the forward with mlstm_chunkwise under autograd and returns the reference's gradients.
 //    set_materialize_grads(false) is what lets the backward tell "no gradient" from a zero one.
@@ -475,9 +475,9 @@ MlstmResult mlstm(const torch::Tensor& q, const torch::Tensor& k, const torch::T
     case OpsImpl::kAuto: break;
   }
   // auto: the kernels for the forward (evaluation, prefill, generation); training keeps the reference
-  // until the backward kernels pass their H200 test (2026-11-29: outputs and states passed, 27 of ~1500
-  // gradient checks exceeded the 1e-2 tolerance, see docs/perf/mlstm.md). SUBQ_OPS_IMPL=cuda forces the
-  // kernels in training too.
+  // until the backward kernels pass their H200 test (2026-11-29, v1: outputs and states passed, 27 of ~1500
+  // gradient checks exceeded the 1e-2 tolerance; v1.1 fixes their precision, verified on the CPU by
+  // replaying those cases, see docs/perf/mlstm.md). SUBQ_OPS_IMPL=cuda forces the kernels in training too.
   const bool training = torch::GradMode::is_enabled() &&
                         any_requires_grad({&q, &k, &v, &igate, &fgate, &initial.c, &initial.n, &initial.m});
   if (!training && mlstm_cuda_unsupported(q, v).empty()) return mlstm_cuda(q, k, v, igate, fgate, initial, reset);
