@@ -80,9 +80,9 @@ MlstmResult mlstm_step(const torch::Tensor& q, const torch::Tensor& k, const tor
                        const torch::Tensor& reset = {});
 
 // The dispatching entry for sequences (what models call). With SUBQ_OPS_IMPL=auto (the default):
-// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty and no input needs a gradient (the v1 backward
-// kernels failed 27 gradient checks on the H200; v1.1 fixes them on the CPU, not yet re-run on a GPU:
-// docs/perf/mlstm.md), else mlstm_chunkwise(..., chunk_size);
+// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty — in training only once the backward kernels have
+// passed their GPU test (the policy and its state: mlstm() in src/ops/mlstm/mlstm_cuda.cpp and
+// docs/perf/mlstm.md) — else mlstm_chunkwise(..., chunk_size);
 // =reference: always mlstm_chunkwise; =cuda: always mlstm_cuda (throws when unsupported). chunk_size
 // applies to the reference only (the kernels use 64). Same arguments, result and autograd behaviour as
 // mlstm_chunkwise (up to bf16 rounding).
