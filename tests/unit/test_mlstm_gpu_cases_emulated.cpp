@@ -224,10 +224,11 @@ Replay replay(size_t index, bool diagnose) {
         char buf[300];
         std::snprintf(buf, sizeof buf,
                       "\n     b%ld h%ld t%ld share %.3f  m %.3f |qn| %.3e floor %.3e |h| %.3e  rel(k, fp64) %.3e "
-                      "rel(r32, fp64) %.3e",
+                      "rel(r32, fp64) %.3e  |h_k|/|h_fp64| %.6f cos(h_k, h_fp64) %.6f",
                       static_cast<long>(b), static_cast<long>(hh), static_cast<long>(t), e2[f].item<double>() / tot,
                       ti.m[b][hh][t].item<double>(), std::abs(ti.qn[b][hh][t].item<double>()),
-                      std::exp(-ti.m[b][hh][t].item<double>()), ht.norm().item<double>(), rel(hk, ht), rel(hr, ht));
+                      std::exp(-ti.m[b][hh][t].item<double>()), ht.norm().item<double>(), rel(hk, ht), rel(hr, ht),
+                      (hk.norm() / ht.norm()).item<double>(), ((hk * ht).sum() / (hk.norm() * ht.norm())).item<double>());
         os << buf;
       }
     }

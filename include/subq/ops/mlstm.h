@@ -80,8 +80,9 @@ MlstmResult mlstm_step(const torch::Tensor& q, const torch::Tensor& k, const tor
                        const torch::Tensor& reset = {});
 
 // The dispatching entry for sequences (what models call). With SUBQ_OPS_IMPL=auto (the default):
-// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty and no input needs a gradient (the backward
-// kernels have not yet passed their H200 test: docs/perf/mlstm.md), else mlstm_chunkwise(..., chunk_size);
+// mlstm_cuda when mlstm_cuda_unsupported(q, v) is empty — in training only once the backward kernels have
+// passed their GPU test (the policy and its state: mlstm() in src/ops/mlstm/mlstm_cuda.cpp and
+// docs/perf/mlstm.md) — else mlstm_chunkwise(..., chunk_size);
 // =reference: always mlstm_chunkwise; =cuda: always mlstm_cuda (throws when unsupported). chunk_size
 // applies to the reference only (the kernels use 64). Same arguments, result and autograd behaviour as
 // mlstm_chunkwise (up to bf16 rounding).
@@ -91,8 +92,9 @@ MlstmResult mlstm(const torch::Tensor& q, const torch::Tensor& k, const torch::T
 
 // The CUDA kernels as one torch::autograd::Function: forward = a sequential scan over 64-token chunks
 // carrying the fp32 state (C, n, m) with the exact recurrent stabiliser, then per-chunk outputs; backward =
-// a reverse scan of the state gradients, then per-chunk gradients of q, k, v, both gates and the initial
-// state, with m held constant (it reaches h only through the 1e-6 exp(m) term). When the final state has a
+// a per-token pre-pass, a reverse scan of the state gradients, then per-chunk gradients of q, k, v, both gates
+// and the initial state with m held constant, plus m's own path (it reaches h only through the 1e-6 exp(m)
+// term; added as a suffix sum along the stabiliser's argmax chain): the exact gradient. When the final state has a
 // gradient (a loss on it), the backward instead recomputes the forward with mlstm_chunkwise under autograd
 // and returns its gradients. Returns h in q's dtype and the final state in fp32. Throws
 // subq::InputError when unsupported (see mlstm_cuda_unsupported).

@@ -50,6 +50,7 @@ struct MlstmScanArgs {
   const float* n_in = nullptr;   // [B, H, Dk]
   const float* m_in = nullptr;   // [B, H]
   void* c_states = nullptr;      // out [B, H, chunks, Dk, Dv] operand dtype: C entering chunk c
+  void* c_states_lo = nullptr;   // out like c_states, or nullptr: C - C rounded (c_states + c_states_lo ~ fp32 C)
   float* n_states = nullptr;     // out [B, H, chunks, Dk] fp32: n entering chunk c
   float* m_states = nullptr;     // out [B, H, chunks] fp32: m entering chunk c (reverse: input)
   float* c_out = nullptr;        // out [B, H, Dk, Dv] fp32: final state
@@ -70,9 +71,9 @@ struct MlstmChunkFwdArgs {
   const void* c_states = nullptr;  // from the scan
   const float* n_states = nullptr;
   const float* m_states = nullptr;
-  // [B, H, Dk, Dv] operand dtype, or nullptr: C0 - C0 rounded, the part of an fp32 initial state that the
-  // rounded chunk-0 entry of c_states lacks (chunk 0 then uses C0 to ~2^-16, like the reference's fp32 C0)
-  const void* c0_lo = nullptr;
+  // the scan's c_states_lo, or nullptr: with it every chunk uses its entering state C_p to ~2^-16 (two
+  // products), like the reference's fp32 state (an fp32 initial state included)
+  const void* c_lo = nullptr;
   void* h = nullptr;               // out [B, H, T, Dv] contiguous, operand dtype
   void* h_lo = nullptr;            // out [B, H, T, Dv] like h, or nullptr: h - h rounded (h_fp32 ~ h + h_lo)
   float* qn = nullptr;             // out [B, H, T] fp32 (q^ . n_t, signed, for the backward) or nullptr
@@ -92,7 +93,7 @@ struct MlstmChunkBwdArgs {
   const void* c_states = nullptr;    // forward scan: state entering chunk c
   const float* n_states = nullptr;
   const float* m_states = nullptr;
-  const void* c0_lo = nullptr;       // as in MlstmChunkFwdArgs
+  const void* c_lo = nullptr;        // as in MlstmChunkFwdArgs
   const void* dc_states = nullptr;   // reverse scan: gradient of the state leaving chunk c
   const float* dn_states = nullptr;
   void* dq = nullptr;                // out [B, H, T, Dk] contiguous, operand dtype

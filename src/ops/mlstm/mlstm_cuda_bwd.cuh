@@ -147,7 +147,7 @@ SUBQ_UNROLL
 
   const T* cst = static_cast<const T*>(a.c_states) + bhc * DK * DV;
   const T* dcst = static_cast<const T*>(a.dc_states) + bhc * DK * DV;
-  const T* c0_lo = (a.c0_lo && c == 0) ? static_cast<const T*>(a.c0_lo) + bh * DK * DV : nullptr;
+  const T* c_lo = a.c_lo ? static_cast<const T*>(a.c_lo) + bhc * DK * DV : nullptr;
   T* cps = sm.buf;
   T* dcs = sm.buf + kChunk * kVPitch;
   T* dq_g = static_cast<T*>(a.dq) + (bh * T_len + t0) * DK;
@@ -182,9 +182,9 @@ SUBQ_UNROLL
     float acc[4][4];
     ck::zero(acc);
     ck::warp_gemm<T, 4, /*dH[t][v]*/ false, /*C_p[k][v]*/ false>(acc, sm.dh, kVPitch, m0, cps, kVPitch, n0, DV);
-    if (c0_lo) {  // chunk 0 of an fp32 initial state: the residual C0_lo too (loaded over this slice of C_p)
+    if (c_lo) {  // C_p's rounding residual C_lo too (loaded over this slice of C_p)
       __syncthreads();
-      ck::cp_async_tile<T, kChunk, DV, kBwdThreads>(cps, kVPitch, c0_lo + j * kSlice * DV, DV, kChunk);
+      ck::cp_async_tile<T, kChunk, DV, kBwdThreads>(cps, kVPitch, c_lo + j * kSlice * DV, DV, kChunk);
       ck::cp_async_commit();
       ck::cp_async_wait<0>();
       __syncthreads();

@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kFwdThreads) mlstm_chunk_fwd_kernel(const Mlst
 
   const T* v_base = static_cast<const T*>(a.v.ptr) + b * a.v.s0 + h * a.v.s1 + t0 * a.v.s2;
   const T* c_base = static_cast<const T*>(a.c_states) + (bh * nc + c) * DK * Dv;
-  const T* c0_lo = (a.c0_lo && c == 0) ? static_cast<const T*>(a.c0_lo) + bh * DK * Dv : nullptr;
+  const T* c_lo = a.c_lo ? static_cast<const T*>(a.c_lo) + (bh * nc + c) * DK * Dv : nullptr;
   auto load_slice = [&](int j, int buf) {
     auto& st = sm.stage[buf];
     ck::cp_async_tile<T, kChunk, kSlice, kFwdThreads>(st.v, kChunkPitch, v_base + j * kSlice, a.v.s2, rows);
@@ -154,9 +154,9 @@ SUBQ_UNROLL
     float acc[4][4];
     ck::zero(acc);
     ck::warp_gemm<T, 4, /*Q[t][k]*/ false, /*C[k][v]*/ true>(acc, sm.q, kKPitch, m0, st.c, kChunkPitch, n0, DK);
-    if (c0_lo) {  // chunk 0 of an fp32 initial state: q^ C0_lo too (its slice loaded over st.c)
+    if (c_lo) {  // q^ C_lo too (C_p's rounding residual; its slice loaded over st.c)
       __syncthreads();
-      ck::cp_async_tile<T, DK, kSlice, kFwdThreads>(st.c, kChunkPitch, c0_lo + j * kSlice, Dv, DK);
+      ck::cp_async_tile<T, DK, kSlice, kFwdThreads>(st.c, kChunkPitch, c_lo + j * kSlice, Dv, DK);
       ck::cp_async_commit();
       ck::cp_async_wait<0>();
       __syncthreads();

@@ -29,7 +29,7 @@ struct ScanStage {
 
 template <typename T>
 constexpr size_t scan_smem_bytes() {
-  return kScanStages * sizeof(ScanStage<T>) + 2 * kTile * kTilePitch * sizeof(T) + (2 * kChunk + 4) * sizeof(float);
+  return kScanStages * sizeof(ScanStage<T>) + 3 * kTile * kTilePitch * sizeof(T) + (2 * kChunk + 4) * sizeof(float);
 }
 
 // kReverse = false: the state scan; true: the state-gradient scan of the backward (see MlstmScanArgs).
@@ -39,7 +39,8 @@ __global__ void __launch_bounds__(kScanThreads) mlstm_scan_kernel(const MlstmSca
   auto* stages = reinterpret_cast<ScanStage<T>*>(smem);
   T* out_tile = reinterpret_cast<T*>(smem + kScanStages * sizeof(ScanStage<T>));
   T* k_lo = out_tile + kTile * kTilePitch;  // split_weights: the rounding residual of the weighted k rows
-  float* wts = reinterpret_cast<float*>(k_lo + kTile * kTilePitch);
+  T* out_lo = k_lo + kTile * kTilePitch;    // c_states_lo: the rounding residual of the stored state
+  float* wts = reinterpret_cast<float*>(out_lo + kTile * kTilePitch);
   float* nwts = wts + kChunk;  // weights of the n update (forward: = wts)
   float* scal = nwts + kChunk;  // [0] weight of the carried state, [1] the new stabiliser
 
@@ -121,6 +122,13 @@ SUBQ_UNROLL
       }
     }
     ck::store_frag<T>(out_tile, kTilePitch, acc, m0, 0);  // C entering chunk c
+    if (a.c_states_lo) {
+      float lo[8][4];
+      ck::for_each_frag<8>(m0, 0, [&](int j, int e, int, int) {
+        lo[j][e] = acc[j][e] - ck::to_float(ck::from_float<T>(acc[j][e]));
+      });
+      ck::store_frag<T>(out_lo, kTilePitch, lo, m0, 0);
+    }
     if (owns_n && tid < kTile) a.n_states[(bh * nc + c) * Dk + kt * kTile + tid] = n_reg;
     if (owns_m && tid == 0) a.m_states[bh * nc + c] = m;
     __syncthreads();
@@ -148,6 +156,10 @@ SUBQ_UNROLL
     }
     ck::store_tile<T, kTile, kTile, kScanThreads>(c_states + ((bh * nc + c) * Dk + kt * kTile) * Dv + vt * kTile, Dv,
                                                   out_tile, kTilePitch, kTile);
+    if (a.c_states_lo)
+      ck::store_tile<T, kTile, kTile, kScanThreads>(
+          static_cast<T*>(a.c_states_lo) + ((bh * nc + c) * Dk + kt * kTile) * Dv + vt * kTile, Dv, out_lo, kTilePitch,
+          kTile);
     __syncthreads();
 
     ck::scale_rows(acc, w_prev, w_prev);

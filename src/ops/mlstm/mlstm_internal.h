@@ -49,4 +49,16 @@ MlstmResult mlstm_step_kernels(const MlstmLaunchers& launchers, const torch::Ten
                                const torch::Tensor& v, const torch::Tensor& igate, const torch::Tensor& fgate,
                                const MlstmState& state, const torch::Tensor& reset);
 
+// The gradient through the stabiliser m that the backward kernels leave out (they hold every m_t constant;
+// derivation at the definition in mlstm_cuda.cpp): from the per-token dh_t . h_t, 1 / den_t and m_t ([B, H, T]),
+// the gate pre-activations ([B, H, T]), the initial m0 ([B, H] or undefined) and the reset flags ([B, T] bool
+// or undefined), the contributions to di~, df~ (in fgate's dtype) and dm0 (undefined without m0).
+struct MlstmStabiliserGrads {
+  torch::Tensor dig, dfg, dm0;
+};
+MlstmStabiliserGrads mlstm_stabiliser_grads(const torch::Tensor& dh_dot_h, const torch::Tensor& inv_den,
+                                            const torch::Tensor& m_tok, const torch::Tensor& igate,
+                                            const torch::Tensor& fgate, const torch::Tensor& m0,
+                                            const torch::Tensor& reset);
+
 }  // namespace subq::ops::detail
