@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <string>
 #include <vector>
 
 #include "ops/common/chunk_decay.h"
@@ -15,12 +16,18 @@
 
 namespace subq::test {
 
+// Which saved tensors make_v2_saved rounds to the operand dtype (the contract: all three). Turning one off
+// keeps it in fp32 (not a valid kernel input: for the fp64 attribution of errors in v2_fp64_on_saved only).
+struct V2SavedRounding {
+  bool w = true, u = true, states = true;
+};
+
 // What the v2 forward saves for q_op, k_op, v_op (operand dtype: bf16 / fp16), g, beta, s0 (or undefined),
 // reset (bool [B, T] or undefined), computed in fp32 on their device and rounded where the contract says so.
 inline subq::ops::detail::GdnV2Saved make_v2_saved(const torch::Tensor& q_op, const torch::Tensor& k_op,
                                                    const torch::Tensor& v_op, const torch::Tensor& g,
                                                    const torch::Tensor& beta, const torch::Tensor& s0,
-                                                   const torch::Tensor& reset) {
+                                                   const torch::Tensor& reset, const V2SavedRounding& rnd = {}) {
   using torch::Tensor;
   namespace d = subq::ops::detail;
   torch::NoGradGuard ng;
@@ -56,18 +63,43 @@ inline subq::ops::detail::GdnV2Saved make_v2_saved(const torch::Tensor& q_op, co
   Tensor t64 = torch::eye(64, q.options()).expand({B, H, nc, 64, 64}).clone();
   t64.narrow(-2, 0, C).narrow(-1, 0, C).copy_(tinv);
   s.tinv = t64;
-  s.w = unchunk(c.w).to(dt);
-  s.u = unchunk(torch::stack(us, 2)).to(dt);
-  s.states = torch::stack(states, 2).to(dt).contiguous();
+  s.w = unchunk(c.w).to(rnd.w ? dt : f32);
+  s.u = unchunk(torch::stack(us, 2)).to(rnd.u ? dt : f32);
+  s.states = torch::stack(states, 2).to(rnd.states ? dt : f32).contiguous();
   return s;
 }
 
 // The backward's math in fp64 on the saved (rounded) tensors: what the kernels compute without their own
 // roundings (P, G, dU, dW, Tinv, dRw in the operand dtype). The distance kernel <-> this separates the
 // kernels' rounding from the contract's (bf16 u, w, states), which the comparison with autograd includes.
+// Optional roundings (to s.q's dtype) of the kernels' intermediates, to attribute their errors.
+struct V2KernelRounding {
+  bool G = false;       // G (dstates) wherever it is an operand
+  bool G_du = false;    // G only in dU's K G^T
+  bool G_ke = false;    // G only in dK_end = U G
+  bool G_dot = false;   // G only in <G, S_c>
+  bool dU = false;      // dU (du)
+  bool dW = false;      // dW (dw)
+  bool Qe = false;      // diag(e) Q in the G update
+  // from a list of names ("G G_du G_ke G_dot dU dW Qe")
+  static V2KernelRounding of(const std::string& f) {
+    auto has = [&](const char* n) {
+      const std::string key = std::string(" ") + n + " ";
+      return (" " + f + " ").find(key) != std::string::npos;
+    };
+    V2KernelRounding r;
+    r.G = has("G"), r.G_du = has("G_du"), r.G_ke = has("G_ke"), r.G_dot = has("G_dot");
+    r.dU = has("dU"), r.dW = has("dW"), r.Qe = has("Qe");
+    return r;
+  }
+};
+
 inline subq::ops::detail::GdnV2Grads v2_fp64_on_saved(const subq::ops::detail::GdnV2Saved& s,
-                                                      const torch::Tensor& d_o, const torch::Tensor& dfinal) {
+                                                      const torch::Tensor& d_o, const torch::Tensor& dfinal,
+                                                      const V2KernelRounding& kr = {}) {
   using torch::Tensor;
+  const auto odt = s.q.scalar_type();
+  auto rd = [odt](const Tensor& t, bool on) { return on ? t.to(odt).to(torch::kFloat64) : t; };
   namespace dd = subq::ops::detail;
   torch::NoGradGuard ng;
   const auto f64 = torch::kFloat64;
@@ -91,7 +123,7 @@ inline subq::ops::detail::GdnV2Grads v2_fp64_on_saved(const subq::ops::detail::G
   const Tensor dO = d_o.defined() ? chunk(d_o) : torch::zeros({B, H, nc, C, dv}, vc.options());
   Tensor dQ = e.unsqueeze(-1) * torch::matmul(dO, states);
   Tensor de = rowsum(dO * torch::matmul(c.qc, tr(states)));
-  const Tensor dstates = torch::matmul(tr(dO), e.unsqueeze(-1) * c.qc);
+  const Tensor dstates = torch::matmul(tr(dO), rd(e.unsqueeze(-1) * c.qc, kr.Qe));
   const Tensor dOU = torch::matmul(dO, tr(U));
   const Tensor dP = dOU * Dm;
   dQ = dQ + torch::matmul(dP, c.kc);
@@ -102,11 +134,12 @@ inline subq::ops::detail::GdnV2Grads v2_fp64_on_saved(const subq::ops::detail::G
   std::vector<Tensor> dUs(nc), dWs(nc), dKe(nc), dGam(nc);
   for (int64_t i = nc - 1; i >= 0; --i) {
     const Tensor Sc = states.select(2, i);
-    const Tensor dU = dU_out.select(2, i) + torch::matmul(c.k_end.select(2, i), tr(G));
+    const Tensor Gr = rd(G, kr.G);
+    const Tensor dU = rd(dU_out.select(2, i) + torch::matmul(c.k_end.select(2, i), tr(rd(Gr, kr.G_du))), kr.dU);
     dUs[i] = dU;
-    dKe[i] = torch::matmul(U.select(2, i), G);
-    dGam[i] = (G * Sc).sum({-1, -2});
-    dWs[i] = -torch::matmul(dU, Sc);
+    dKe[i] = torch::matmul(U.select(2, i), rd(Gr, kr.G_ke));
+    dGam[i] = (rd(Gr, kr.G_dot) * Sc).sum({-1, -2});
+    dWs[i] = rd(-torch::matmul(dU, Sc), kr.dW);
     G = c.gamma_end.select(-1, i).unsqueeze(-1).unsqueeze(-1) * G - torch::matmul(tr(dU), W.select(2, i)) +
         dstates.select(2, i);
   }

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,120 +30,22 @@
 #include "ops/gated_delta/gated_delta_cuda.h"
 #include "ops/gated_delta/gated_delta_internal.h"
 #include "ops/gated_delta/gated_delta_v2.h"
+#include "subq/core/device.h"
 #include "subq/core/error.h"
 #include "subq/ops/gated_delta.h"
 #include "subq_catch.h"
 
 #if defined(SUBQ_WITH_CUDA)
-#include "emu/cuda_emu.h"
-#define SUBQ_CK_EMULATE 1
-#include "ops/gated_delta/gdn_v2_bwd.cuh"
+#include "emu/gdn_v2_emu_launchers.h"
 
 namespace {
 
 using torch::Tensor;
-namespace kb = subq::ops::detail::gdn_v2_bwd;
+using V2KR = subq::test::V2KernelRounding;
 namespace d = subq::ops::detail;
 
-emu::Options g_opt;
-
-void fill_nan32(float* p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) p[i] = std::numeric_limits<float>::quiet_NaN();
-}
-// NaN in the operand dtype (bf16 0x7fc0, fp16 0x7e00).
-void fill_nan16(void* p, int64_t n, d::GdnKernelDtype dt) {
-  const uint16_t bits = dt == d::GdnKernelDtype::kBF16 ? 0x7fc0 : 0x7e00;
-  auto* q = static_cast<uint16_t*>(p);
-  for (int64_t i = 0; i < n; ++i) q[i] = bits;
-}
-
-template <typename T, int DK, int BV>
-void emu_scan(const d::GdnV2BwdArgs& a) {
-  emu::launch(dim3(static_cast<unsigned>(a.value_dim / BV), static_cast<unsigned>(a.bh)), dim3(kb::kThreads),
-              sizeof(kb::ScanSmemOf<T, DK, BV>), [&] { kb::gdn_v2_scan_bwd_kernel<T, DK, BV>(a); }, g_opt);
-}
-template <typename T>
-void emu_scan_t(const d::GdnV2BwdArgs& a) {
-  const int bv = kb::scan_block_rows(a.key_dim, a.value_dim);
-  switch (a.key_dim) {
-    case 64: bv == 128 ? emu_scan<T, 64, 128>(a) : emu_scan<T, 64, 32>(a); break;
-    case 128: bv == 128 ? emu_scan<T, 128, 128>(a) : emu_scan<T, 128, 32>(a); break;
-    default: bv == 64 ? emu_scan<T, 256, 64>(a) : emu_scan<T, 256, 32>(a); break;
-  }
-}
-template <typename T>
-void emu_chunk_t(const d::GdnV2BwdArgs& a) {
-  emu::launch(dim3(static_cast<unsigned>(a.key_slices), static_cast<unsigned>(a.chunks), static_cast<unsigned>(a.bh)),
-              dim3(kb::kThreads), sizeof(kb::ChunkSmem<T>), [&] { kb::gdn_v2_chunk_bwd_kernel<T>(a); }, g_opt);
-}
-template <typename T, int DK>
-void emu_wy(const d::GdnV2BwdArgs& a) {
-  emu::launch(dim3(static_cast<unsigned>(a.chunks), static_cast<unsigned>(a.bh)), dim3(kb::kThreads),
-              sizeof(kb::WySmem<T, DK>), [&] { kb::gdn_v2_wy_bwd_kernel<T, DK>(a); }, g_opt);
-}
-template <typename T>
-void emu_wy_t(const d::GdnV2BwdArgs& a) {
-  switch (a.key_dim) {
-    case 64: emu_wy<T, 64>(a); break;
-    case 128: emu_wy<T, 128>(a); break;
-    default: emu_wy<T, 256>(a); break;
-  }
-}
-
-void check_emu_args(const d::GdnV2BwdArgs& a, d::GdnKernelDtype dt, void* stream) {
-  if (stream != nullptr) throw std::runtime_error("emulated launcher got a CUDA stream");
-  if (dt == d::GdnKernelDtype::kF32) throw std::runtime_error("emulated launcher: fp32 operands");
-  const std::string e = d::gated_delta_kernel_shape_error(a.key_dim, a.value_dim, a.bh);
-  if (!e.empty()) throw std::runtime_error("emulated launcher: " + e);
-  if (a.chunks != (a.time + 63) / 64 || a.key_slices != a.key_dim / 64)
-    throw std::runtime_error("emulated launcher: bad chunking");
-}
-
-void scan_bwd(const d::GdnV2BwdArgs& a, d::GdnKernelDtype dt, void* stream) {
-  check_emu_args(a, dt, stream);
-  const int64_t bh = a.bh, T = a.time, nc = a.chunks, dk = a.key_dim, dv = a.value_dim;
-  fill_nan16(a.dstates, bh * nc * dv * dk, dt);
-  fill_nan16(a.du, bh * T * dv, dt);
-  fill_nan32(a.ds0, bh * dv * dk);
-  if (dt == d::GdnKernelDtype::kBF16)
-    emu_scan_t<__nv_bfloat16>(a);
-  else
-    emu_scan_t<__half>(a);
-}
-void chunk_bwd(const d::GdnV2BwdArgs& a, d::GdnKernelDtype dt, void* stream) {
-  check_emu_args(a, dt, stream);
-  const int64_t bh = a.bh, T = a.time, nc = a.chunks, dk = a.key_dim;
-  fill_nan16(a.dq, bh * T * dk, dt);
-  fill_nan32(a.dk_part, bh * T * dk);
-  fill_nan16(a.dw, bh * T * dk, dt);
-  fill_nan32(a.dgc_part, a.key_slices * bh * nc * 64);
-  if (dt == d::GdnKernelDtype::kBF16)
-    emu_chunk_t<__nv_bfloat16>(a);
-  else
-    emu_chunk_t<__half>(a);
-}
-void wy_bwd(const d::GdnV2BwdArgs& a, d::GdnKernelDtype dt, void* stream) {
-  check_emu_args(a, dt, stream);
-  const int64_t bh = a.bh, T = a.time, dk = a.key_dim, dv = a.value_dim;
-  fill_nan16(a.dk, bh * T * dk, dt);
-  fill_nan16(a.dv, bh * T * dv, dt);
-  fill_nan32(a.dg, bh * T);
-  fill_nan32(a.dbeta, bh * T);
-  if (dt == d::GdnKernelDtype::kBF16)
-    emu_wy_t<__nv_bfloat16>(a);
-  else
-    emu_wy_t<__half>(a);
-}
-
-d::GatedDeltaLaunchers make_emulated() {
-  d::GatedDeltaLaunchers t;
-  t.built = true;
-  t.v2_scan_bwd = &scan_bwd;
-  t.v2_chunk_bwd = &chunk_bwd;
-  t.v2_wy_bwd = &wy_bwd;
-  return t;
-}
-const d::GatedDeltaLaunchers kEmulated = make_emulated();
+emu::Options& g_opt = subq::test::gdn_v2_emu::g_opt;
+using subq::test::gdn_v2_emu::kEmulated;
 
 enum class Loss { kBoth, kOutputOnly, kFinalOnly };
 
@@ -247,6 +150,230 @@ void run_case(const Case& c, int pass) {
   report("dg", got.dg, want_or_zero(want[3], in.g), f.dg, tol);
   report("dbeta", got.dbeta, want_or_zero(want[4], in.beta), f.dbeta, tol);
   if (c.init) report("ds0", got.ds0, want_or_zero(want[5], in.s0), f.ds0, tol);
+}
+
+// ---- study of dg's per-head reductions (what A_log / dt_bias see) ----
+struct ModelInputs {
+  Tensor q, k, v, g, beta, reset, d_o, wa, wdt, wb;  // wa = dg/dA_log, wdt = dg/d(dt_bias), wb = dbeta/d(logit)
+};
+ModelInputs make_model_inputs(int64_t B, int64_t H, int64_t T, int64_t dk, int64_t dv, uint64_t seed, bool reset) {
+  using subq::test::randn;
+  namespace F = torch::nn::functional;
+  ModelInputs in;
+  torch::manual_seed(seed);
+  const auto bf = torch::kBFloat16;
+  in.q = (F::normalize(randn({B, H, T, dk}, seed).to(torch::kFloat32), F::NormalizeFuncOptions().dim(-1)) /
+          std::sqrt(static_cast<double>(dk))).to(bf);
+  in.k = F::normalize(randn({B, H, T, dk}, seed + 1).to(torch::kFloat32), F::NormalizeFuncOptions().dim(-1)).to(bf);
+  in.v = randn({B, H, T, dv}, seed + 2).to(bf);
+  // g = -A softplus(x + dt_bias), A ~ U(0, 16), dt log-uniform in [1e-3, 0.1] (the model's initialisation)
+  const Tensor A = torch::rand({1, H, 1}, torch::TensorOptions().dtype(torch::kFloat64)) * 16;
+  const Tensor dt = torch::exp(torch::rand({1, H, 1}, torch::kFloat64) * (std::log(0.1) - std::log(1e-3)) + std::log(1e-3));
+  const Tensor dtb = dt + torch::log(-torch::expm1(-dt));
+  const Tensor x = randn({B, H, T}, seed + 3, 0.5).to(torch::kFloat64) + dtb;
+  in.g = (-A * F::softplus(x)).to(torch::kFloat32);
+  in.wa = in.g.to(torch::kFloat64);
+  in.wdt = -A * torch::sigmoid(x);
+  const Tensor sb = torch::sigmoid(randn({B, H, T}, seed + 4).to(torch::kFloat64));
+  in.beta = (2 * sb).to(torch::kFloat32);
+  in.wb = 2 * sb * (1 - sb);
+  if (reset) {
+    in.reset = torch::zeros({B, T}, torch::kBool);
+    in.reset.index_put_({0, std::min<int64_t>(100, T - 1)}, true);
+  }
+  in.d_o = randn({B, H, T, dv}, seed + 7).to(bf);
+  return in;
+}
+// per-head reductions [H] of a [B, H, T] gradient with weights w
+Tensor head_sum(const Tensor& grad, const Tensor& w) { return (grad.to(torch::kFloat64) * w).sum(std::vector<int64_t>{0, 2}); }
+
+void reduction_study(int64_t B, int64_t H, int64_t T, int64_t dk, int64_t dv, uint64_t seed, bool init_state) {
+  std::fprintf(stderr, "=== study B%ld H%ld T%ld Dk%ld Dv%ld seed %lu\n", (long)B, (long)H, (long)T, (long)dk, (long)dv,
+               (unsigned long)seed);
+  const ModelInputs in = make_model_inputs(B, H, T, dk, dv, seed, true);
+  const Tensor s0 = init_state ? subq::test::randn({B, H, dv, dk}, seed + 5, 0.5).to(torch::kFloat32) : Tensor();
+  auto grads_ref = [&](torch::ScalarType leaf, bool autocast) {
+    std::vector<Tensor> x{in.q.to(leaf), in.k.to(leaf), in.v.to(leaf), in.g.to(leaf == torch::kBFloat16 ? torch::kFloat32 : leaf),
+                          in.beta.to(leaf == torch::kBFloat16 ? torch::kFloat32 : leaf)};
+    if (init_state) x.push_back(s0.to(leaf == torch::kBFloat16 ? torch::kFloat32 : leaf));
+    for (auto& t : x) t.requires_grad_(true);
+    subq::ops::GatedDeltaResult r;
+    {
+      std::unique_ptr<subq::AutocastGuard> ac;
+      if (autocast) ac = std::make_unique<subq::AutocastGuard>(torch::Device(torch::kCPU), torch::kBFloat16);
+      r = subq::ops::gated_delta_chunkwise(x[0], x[1], x[2], x[3], x[4], init_state ? x[5] : Tensor(), in.reset);
+    }
+    const Tensor loss = (r.o.to(torch::kFloat64) * in.d_o.to(torch::kFloat64)).sum();
+    return torch::autograd::grad({loss}, x);
+  };
+  const auto truth = grads_ref(torch::kFloat64, false);
+  const auto refac = grads_ref(torch::kBFloat16, true);
+  const auto ref32 = grads_ref(torch::kFloat32, false);
+  const d::GdnV2Saved s = subq::test::make_v2_saved(in.q, in.k, in.v, in.g, in.beta, s0, in.reset);
+  const d::GdnV2Grads kern = d::gated_delta_v2_backward(kEmulated, s, in.d_o, Tensor());
+  auto line = [&](const char* name, const Tensor& dg, const Tensor& dbeta) {
+    const double e_el = subq::test::rel_rms(dg.to(torch::kFloat64), truth[3]);
+    const double e_a = subq::test::rel_rms(head_sum(dg, in.wa), head_sum(truth[3], in.wa));
+    const double e_dt = subq::test::rel_rms(head_sum(dg, in.wdt), head_sum(truth[3], in.wdt));
+    const double e_1 = subq::test::rel_rms(head_sum(dg, torch::ones_like(in.wa)), head_sum(truth[3], torch::ones_like(in.wa)));
+    const double e_b = subq::test::rel_rms(head_sum(dbeta, in.wb), head_sum(truth[4], in.wb));
+    const double e_bel = subq::test::rel_rms(dbeta.to(torch::kFloat64), truth[4]);
+    std::fprintf(stderr, "  %-28s dg %.3e  sum(dg g) %.3e  sum(dg wdt) %.3e  sum(dg) %.3e | dbeta %.3e  sum(dbeta w) %.3e\n",
+                 name, e_el, e_a, e_dt, e_1, e_bel, e_b);
+  };
+  line("reference fp32", ref32[3], ref32[4]);
+  line("reference bf16 autocast", refac[3], refac[4]);
+  line("kernels (bwd on ref saved)", kern.dg, kern.dbeta);
+  d::GdnV2Saved sv;
+  {
+    torch::NoGradGuard ng;
+    (void)d::gated_delta_v2_forward(kEmulated, in.q, in.k, in.v, in.g, in.beta, s0,
+                                    in.reset.defined() ? in.reset.to(torch::kInt32) : Tensor(), &sv);
+  }
+  const d::GdnV2Grads kern2 = d::gated_delta_v2_backward(kEmulated, sv, in.d_o, Tensor());
+  line("kernels (v2 fwd + bwd)", kern2.dg, kern2.dbeta);
+  {
+    const d::GdnV2Grads f = subq::test::v2_fp64_on_saved(sv, in.d_o, Tensor());
+    line("fp64 on v2 fwd's saved", f.dg, f.dbeta);
+    const d::GdnV2Saved ex = subq::test::make_v2_saved(in.q, in.k, in.v, in.g, in.beta, s0, in.reset, {false, false, false});
+    auto swap = [&](const char* name, bool w, bool u, bool st) {
+      d::GdnV2Saved s3 = sv;
+      if (w) s3.w = ex.w;
+      if (u) s3.u = ex.u;
+      if (st) s3.states = ex.states;
+      const d::GdnV2Grads f3 = subq::test::v2_fp64_on_saved(s3, in.d_o, Tensor());
+      line(name, f3.dg, f3.dbeta);
+    };
+    swap("fp64 fwd saved, exact w", true, false, false);
+    swap("fp64 fwd saved, exact u", false, true, false);
+    swap("fp64 fwd saved, exact states", false, false, true);
+    swap("fp64 fwd saved, exact u+states", false, true, true);
+    std::fprintf(stderr, "  v2 fwd saved vs ref saved: w %.3e u %.3e states %.3e tinv %.3e\n",
+                 subq::test::rel_rms(sv.w.to(torch::kFloat64), s.w.to(torch::kFloat64)),
+                 subq::test::rel_rms(sv.u.to(torch::kFloat64), s.u.to(torch::kFloat64)),
+                 subq::test::rel_rms(sv.states.to(torch::kFloat64), s.states.to(torch::kFloat64)),
+                 subq::test::rel_rms(sv.tinv.to(torch::kFloat64), s.tinv.to(torch::kFloat64)));
+  }
+  using subq::test::V2KernelRounding;
+  using subq::test::V2SavedRounding;
+  auto f64 = [&](const char* name, V2SavedRounding sr, V2KernelRounding kr) {
+    const d::GdnV2Saved s2 = subq::test::make_v2_saved(in.q, in.k, in.v, in.g, in.beta, s0, in.reset, sr);
+    const d::GdnV2Grads f = subq::test::v2_fp64_on_saved(s2, in.d_o, Tensor(), kr);
+    line(name, f.dg, f.dbeta);
+  };
+  f64("fp64 exact saved", {false, false, false}, {});
+  f64("fp64 saved all rounded", {}, {});
+  f64("fp64 w rounded", {true, false, false}, {});
+  f64("fp64 u rounded", {false, true, false}, {});
+  f64("fp64 states rounded", {false, false, true}, {});
+  f64("fp64 exact + G", {false, false, false}, V2KR::of("G"));
+  f64("fp64 exact + dU", {false, false, false}, V2KR::of("dU"));
+  f64("fp64 exact + dW", {false, false, false}, V2KR::of("dW"));
+  f64("fp64 exact + Qe", {false, false, false}, V2KR::of("Qe"));
+  f64("fp64 all rounded + G dU dW Qe", {}, V2KR::of("G dU dW Qe"));
+}
+
+// The GPU op case "B2 H3 T63 Dk64 Dv64 init reset beta[0,2] l2-in-op fast" (tests/gpu/test_kernels_gated_delta.cpp)
+void op_case_study(uint64_t seed, bool l2) {
+  using subq::test::randn;
+  const int64_t B = 2, H = 3, T = 63, dk = 64, dv = 64;
+  const auto bf = torch::kBFloat16;
+  Tensor q = randn({B, H, T, dk}, seed + 1), k = randn({B, H, T, dk}, seed + 2);
+  if (!l2) {
+    q = q / q.norm(2, -1, true) / 8.0;
+    k = k / k.norm(2, -1, true);
+  }
+  q = q.to(bf), k = k.to(bf);
+  const Tensor v = randn({B, H, T, dv}, seed + 3).to(bf);
+  const Tensor g = -torch::softplus(randn({B, H, T}, seed + 4)).to(torch::kFloat32);
+  const Tensor beta = (torch::sigmoid(randn({B, H, T}, seed + 5)) * 2.0).to(torch::kFloat32);
+  const Tensor s0 = randn({B, H, dv, dk}, seed + 6, 0.5).to(torch::kFloat32);
+  const Tensor reset = subq::test::chunk_edge_resets(B, T, seed + 7);
+  const Tensor Wo = randn({B, H, T, dv}, seed + 11).to(bf).to(torch::kFloat64);
+  const Tensor Wf = randn({B, H, dv, dk}, seed + 12).to(torch::kFloat64);
+  subq::ops::GatedDeltaOptions opts;
+  opts.l2_normalize_qk = l2;
+  auto grads = [&](int mode) {  // 0 kernels, 1 reference fp64, 2 reference fp32, 3 reference on rounded normalised q/k
+    const auto ft = mode == 1 ? torch::kFloat64 : torch::kFloat32;
+    std::vector<Tensor> x{mode == 0 ? q.clone() : q.to(ft), mode == 0 ? k.clone() : k.to(ft), mode == 0 ? v.clone() : v.to(ft),
+                          g.to(ft), beta.to(ft), s0.to(ft)};
+    for (auto& t : x) t.requires_grad_(true);
+    subq::ops::GatedDeltaResult r;
+    if (mode == 0) {
+      r = d::gated_delta_kernel_path(kEmulated, x[0], x[1], x[2], x[3], x[4], x[5], reset, l2);
+    } else if (mode == 3 && l2) {
+      auto [qn, kn] = d::gated_delta_prepare_qk(x[0], x[1], true);
+      r = subq::ops::gated_delta_chunkwise(qn.to(bf).to(ft), kn.to(bf).to(ft), x[2], x[3], x[4], x[5], reset);
+    } else {
+      r = subq::ops::gated_delta_chunkwise(x[0], x[1], x[2], x[3], x[4], x[5], reset, opts);
+    }
+    const Tensor loss = (r.o.to(torch::kFloat64) * Wo).sum() + (r.final_state.to(torch::kFloat64) * Wf).sum();
+    return torch::autograd::grad({loss}, x);
+  };
+  const auto truth = grads(1), kern = grads(0), r32 = grads(2), rr = grads(3);
+  {  // attribution of the kernels' own dg error, on the rounded normalised q / k the kernels see
+    Tensor qn = q, kn = k;
+    if (l2) {
+      auto [a, b] = d::gated_delta_prepare_qk(q.to(torch::kFloat32), k.to(torch::kFloat32), true);
+      qn = a.to(bf), kn = b.to(bf);
+    }
+    std::vector<Tensor> x{qn.to(torch::kFloat64), kn.to(torch::kFloat64), v.to(torch::kFloat64), g.to(torch::kFloat64),
+                          beta.to(torch::kFloat64), s0.to(torch::kFloat64)};
+    for (auto& t : x) t.requires_grad_(true);
+    const auto r = subq::ops::gated_delta_chunkwise(x[0], x[1], x[2], x[3], x[4], x[5], reset);
+    const auto tr = torch::autograd::grad({(r.o * Wo).sum() + (r.final_state * Wf).sum()}, x);
+    const Tensor dO = Wo.to(bf), dF = Wf.to(torch::kFloat32);
+    d::GdnV2Saved sv;
+    {
+      torch::NoGradGuard ng;
+      (void)d::gated_delta_v2_forward(kEmulated, qn, kn, v, g, beta, s0, reset.to(torch::kInt32), &sv);
+    }
+    const d::GdnV2Saved ex = subq::test::make_v2_saved(qn, kn, v, g, beta, s0, reset, {false, false, false});
+    auto e = [&](const Tensor& dg) { return subq::test::rel_rms(dg.to(torch::kFloat64), tr[3]); };
+    const auto kb2 = d::gated_delta_v2_backward(kEmulated, sv, dO, dF);
+    std::fprintf(stderr, "  [own] kernels %.3e  bwd kernels on exact-ish ref saved %.3e\n", e(kb2.dg),
+                 e(d::gated_delta_v2_backward(kEmulated, subq::test::make_v2_saved(qn, kn, v, g, beta, s0, reset), dO, dF).dg));
+    auto sw = [&](const char* name, bool w, bool u, bool st, subq::test::V2KernelRounding kr) {
+      d::GdnV2Saved s3 = sv;
+      if (w) s3.w = ex.w;
+      if (u) s3.u = ex.u;
+      if (st) s3.states = ex.states;
+      std::fprintf(stderr, "  [own] %-34s %.3e\n", name, e(subq::test::v2_fp64_on_saved(s3, dO, dF, kr).dg));
+    };
+    sw("fp64 on fwd saved", false, false, false, {});
+    sw("fp64 on fwd saved, exact u", false, true, false, {});
+    sw("fp64 on fwd saved, exact states", false, false, true, {});
+    sw("fp64 on fwd saved, exact w", true, false, false, {});
+    sw("fp64 exact saved", true, true, true, {});
+    sw("fp64 exact saved + G", true, true, true, V2KR::of("G"));
+    sw("fp64 exact saved + G in dU", true, true, true, V2KR::of("G_du"));
+    sw("fp64 exact saved + G in dKe", true, true, true, V2KR::of("G_ke"));
+    sw("fp64 exact saved + G in <G,S>", true, true, true, V2KR::of("G_dot"));
+    sw("fp64 exact saved + dU", true, true, true, V2KR::of("dU"));
+    sw("fp64 exact saved + dW", true, true, true, V2KR::of("dW"));
+    sw("fp64 exact saved + Qe", true, true, true, V2KR::of("Qe"));
+  }
+  const char* names[] = {"dq", "dk", "dv", "dg", "dbeta", "ds0"};
+  std::fprintf(stderr, "=== op case T63 seed %lu l2 %d\n", (unsigned long)seed, (int)l2);
+  for (int i = 0; i < 6; ++i)
+    std::fprintf(stderr, "  %-6s kernels %.3e  ref fp32 %.3e  ref on rounded normalised q/k %.3e  kernels vs that %.3e\n", names[i],
+                 subq::test::rel_rms(kern[i].to(torch::kFloat64), truth[i]), subq::test::rel_rms(r32[i].to(torch::kFloat64), truth[i]),
+                 subq::test::rel_rms(rr[i].to(torch::kFloat64), truth[i]),
+                 subq::test::rel_rms(kern[i].to(torch::kFloat64), rr[i].to(torch::kFloat64)));
+}
+
+TEST_CASE("gdn v2 op case study", "[.gdnop]") {
+  g_opt.order = emu::Order::kAscending;
+  g_opt.copies = emu::Copies::kAtIssue;
+  for (uint64_t seed : {1100u, 100u}) op_case_study(seed, true);
+  op_case_study(100, false);
+}
+
+TEST_CASE("gdn v2 dg reduction study", "[.gdnstudy]") {
+  g_opt.order = emu::Order::kAscending;
+  g_opt.copies = emu::Copies::kAtIssue;
+  for (uint64_t seed : {11u, 12u}) reduction_study(2, 8, 300, 64, 128, seed, false);
+  reduction_study(2, 3, 63, 64, 64, 21, true);
 }
 
 }  // namespace

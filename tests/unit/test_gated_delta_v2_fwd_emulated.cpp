@@ -6,8 +6,8 @@
 // Checked against the fp32 chunkwise reference on the same (bf16- / fp16-rounded) inputs: o and the final
 // state (DESIGN.md bar 5e-3 relative RMS), the saved tensors of the v2 contract (gated_delta_v2.h: tinv, w,
 // u, states vs the reference's chunk tensors and carried states), and every gradient (q, k, v, g, beta,
-// initial state; bar 1e-2) through the v2 autograd Function and whatever gated_delta_v2_backward is linked
-// (the interim hybrid one, later gdnbwd's kernels). Every emulated launch pre-fills its outputs with NaN, so
+// initial state; bar 1e-2) through the v2 autograd Function and the v2 backward kernels (the launchers of
+// tests/emu/gdn_v2_emu_launchers.h: one table with both halves). Every emulated launch pre-fills its outputs with NaN, so
 // an element never written fails; launches run with threads in ascending and in descending order and with
 // cp.async copies performed at issue and at wait (missing barriers / waits show up in one of them).
 //
@@ -32,134 +32,16 @@
 #include "subq_catch.h"
 
 #if defined(SUBQ_WITH_CUDA)
-#include "emu/cuda_emu.h"
-#define SUBQ_CK_EMULATE 1
-#include "ops/gated_delta/gated_delta_cuda_kernels.cuh"
-#include "ops/gated_delta/gdn_v2_fwd.cuh"
+#include "emu/gdn_v2_emu_launchers.h"
 
 namespace {
 
 using torch::Tensor;
-namespace k1 = subq::ops::detail::gdn_kernels;
-namespace k2 = subq::ops::detail::gdn_v2;
 namespace d = subq::ops::detail;
 
-emu::Options g_opt;  // thread order / copy timing of the emulated launches (set per pass)
-
-template <typename P>
-void fill_nan(P* p, int64_t n) {
-  std::fill(p, p + n, std::numeric_limits<P>::quiet_NaN());
-}
-// NaN bytes (0xff..) for 16-bit outputs.
-void fill_nan16(void* p, int64_t n) { std::memset(p, 0xff, static_cast<size_t>(n) * 2); }
-
-// ---- the v2 launchers, emulated ----
-template <typename T, int DK>
-void emu_prep(const d::GdnV2FwdArgs& a) {
-  const int64_t bh = int64_t{a.batch} * a.heads;
-  fill_nan(a.tinv, bh * a.chunks * 64 * 64);
-  fill_nan16(a.w, bh * a.time * a.key_dim);
-  fill_nan16(a.u_tilde, bh * a.time * a.value_dim);
-  emu::launch(dim3(static_cast<unsigned>(a.chunks), static_cast<unsigned>(bh)), dim3(k2::kPrepThreads),
-              k2::PrepLayout<T, DK>(a.value_dim).total, [&] { k2::gdn_v2_prep_fwd_kernel<T, DK>(a); }, g_opt);
-}
-template <typename T, int DK>
-void emu_scan(const d::GdnV2FwdArgs& a) {
-  const int64_t bh = int64_t{a.batch} * a.heads;
-  fill_nan16(a.u, bh * a.time * a.value_dim);
-  fill_nan16(a.states, bh * a.chunks * a.value_dim * a.key_dim);
-  fill_nan(a.s_out, bh * a.value_dim * a.key_dim);
-  emu::launch(dim3(static_cast<unsigned>(a.value_dim / k2::kScanRows), static_cast<unsigned>(bh)),
-              dim3(k2::kScanThreads), sizeof(k2::ScanSmem<T, DK>), [&] { k2::gdn_v2_scan_fwd_kernel<T, DK>(a); },
-              g_opt);
-}
-template <typename T, int DK>
-void emu_out(const d::GdnV2FwdArgs& a) {
-  const int64_t bh = int64_t{a.batch} * a.heads;
-  fill_nan16(a.o, bh * a.time * a.value_dim);
-  const dim3 grid(static_cast<unsigned>(a.chunks), static_cast<unsigned>(bh));
-  if (a.value_dim % 64 == 0)
-    emu::launch(grid, dim3(k2::kOutThreads), sizeof(k2::OutSmem<T, DK, 64>),
-                [&] { k2::gdn_v2_out_fwd_kernel<T, DK, 64>(a); }, g_opt);
-  else
-    emu::launch(grid, dim3(k2::kOutThreads), sizeof(k2::OutSmem<T, DK, 32>),
-                [&] { k2::gdn_v2_out_fwd_kernel<T, DK, 32>(a); }, g_opt);
-}
-
-void check_v2_args(const d::GdnV2FwdArgs& a, void* stream) {
-  if (stream != nullptr) throw std::runtime_error("emulated launcher got a CUDA stream");
-  if (a.key_dim != 64 && a.key_dim != 128 && a.key_dim != 256) throw std::runtime_error("emulated v2: bad Dk");
-  if (a.value_dim % 32 != 0 || a.value_dim > 512) throw std::runtime_error("emulated v2: bad Dv");
-  if (a.chunks != (a.time + 63) / 64) throw std::runtime_error("emulated v2: bad chunk count");
-}
-
-template <template <typename, int> class F>
-void by_type_dk(const d::GdnV2FwdArgs& a, d::GdnKernelDtype dt, void* stream) {
-  check_v2_args(a, stream);
-  auto go = [&](auto tag) {
-    using T = decltype(tag);
-    switch (a.key_dim) {
-      case 64: F<T, 64>::run(a); break;
-      case 128: F<T, 128>::run(a); break;
-      default: F<T, 256>::run(a); break;
-    }
-  };
-  if (dt == d::GdnKernelDtype::kBF16)
-    go(__nv_bfloat16{});
-  else if (dt == d::GdnKernelDtype::kF16)
-    go(__half{});
-  else
-    throw std::runtime_error("emulated v2: fp32 operands");
-}
-template <typename T, int DK>
-struct Prep {
-  static void run(const d::GdnV2FwdArgs& a) { emu_prep<T, DK>(a); }
-};
-template <typename T, int DK>
-struct Scan {
-  static void run(const d::GdnV2FwdArgs& a) { emu_scan<T, DK>(a); }
-};
-template <typename T, int DK>
-struct Out {
-  static void run(const d::GdnV2FwdArgs& a) { emu_out<T, DK>(a); }
-};
-void v2_prep(const d::GdnV2FwdArgs& a, d::GdnKernelDtype dt, void* s) { by_type_dk<Prep>(a, dt, s); }
-void v2_scan(const d::GdnV2FwdArgs& a, d::GdnKernelDtype dt, void* s) { by_type_dk<Scan>(a, dt, s); }
-void v2_out(const d::GdnV2FwdArgs& a, d::GdnKernelDtype dt, void* s) { by_type_dk<Out>(a, dt, s); }
-
-// ---- the v1 launchers the interim backward uses (reverse scan, inverse), emulated ----
-template <int DK>
-void emu_v1_bwd(const d::GdnScanBwdArgs& a) {
-  const auto& n = a.n;
-  const int64_t tiles = n.value_dim / k1::kRows, rows = int64_t{n.bh} * n.chunks * n.chunk;
-  fill_nan(a.du_tilde, rows * n.value_dim);
-  fill_nan(a.dw_part, tiles * rows * n.key_dim);
-  fill_nan(a.dk_end_part, tiles * rows * n.key_dim);
-  fill_nan(a.dgamma_part, tiles * n.bh * n.chunks);
-  fill_nan(a.ds0, int64_t{n.bh} * n.value_dim * n.key_dim);
-  emu::launch(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(n.bh)), dim3(k1::kThreads),
-              k1::scan_bwd_smem<DK>(), [&] { k1::gdn_scan_bwd_kernel<DK>(a); }, emu::Options{});
-}
-void v1_scan_bwd(const d::GdnScanBwdArgs& a, void*) {
-  switch (a.n.key_dim) {
-    case 64: emu_v1_bwd<64>(a); break;
-    case 128: emu_v1_bwd<128>(a); break;
-    default: emu_v1_bwd<256>(a); break;
-  }
-}
-void v1_inverse(const d::GdnInverseArgs& a, void*) {
-  fill_nan(a.t, int64_t{a.count} * a.chunk * a.chunk);
-  emu::launch(dim3(static_cast<unsigned>(a.count)), dim3(k1::kInvThreads), k1::kInvSmem,
-              [&] { k1::gdn_inverse_kernel(a); }, emu::Options{});
-}
-void v1_scan_fwd_unused(const d::GdnScanFwdArgs&, void*) {
-  throw std::runtime_error("the v2 path must not run the v1 forward scan");
-}
-void step_unused(const d::GdnStepArgs&, d::GdnKernelDtype, void*) { throw std::runtime_error("no step here"); }
-std::string no_device_error(int) { return ""; }
-
-const d::GatedDeltaLaunchers kEmulated{true,        &no_device_error, &v1_scan_fwd_unused, &v1_scan_bwd, &step_unused,
-                                       &v1_inverse, &v2_prep,         &v2_scan,            &v2_out};
+emu::Options& g_opt = subq::test::gdn_v2_emu::g_opt;  // thread order / copy timing (set per pass)
+// one table with the v2 forward and backward kernels: the gradient checks run through the real v2 backward
+using subq::test::gdn_v2_emu::kEmulated;
 
 // ---- cases ----
 struct Case {

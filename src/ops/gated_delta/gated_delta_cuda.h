@@ -145,6 +145,9 @@ struct GdnV2BwdArgs {
   void* dstates = nullptr;         // [BH, nc, Dv, Dk] T: dL/dS_{c+1}
   void* du = nullptr;              // [BH, T, Dv] T: dL/dU (= dL/dU~)
   float* ds0 = nullptr;            // [BH, Dv, Dk]
+  float* x_part = nullptr;         // [x_blocks, BH, nc * 64]: per scan block (value rows), x_s = <U_s G, K_s>
+                                   // with G in fp32 (hi + lo operand split), the decay chain's K_end term
+  int x_blocks = 0;                // Dv / (scan_bwd's value rows per block)
   // chunk_bwd outputs
   void* dq = nullptr;              // [BH, T, Dk] T (final)
   float* dk_part = nullptr;        // [BH, T, Dk]: output and K_end terms of dk
@@ -156,6 +159,13 @@ struct GdnV2BwdArgs {
   float* dg = nullptr;             // [BH, T]
   float* dbeta = nullptr;          // [BH, T]
 };
+// Value rows per scan_bwd block: the widest tile that divides Dv and fits shared memory with the key dim
+// (128 for Dk <= 128, 64 for Dk = 256; 32 otherwise). Shared by the launcher, the glue (x_part's size) and
+// the emulated tests.
+inline int gdn_v2_scan_bwd_rows(int dk, int dv) {
+  const int wide = dk <= 128 ? 128 : 64;
+  return dv % wide == 0 ? wide : 32;
+}
 // ---- end gdnbwd ------------------------------------------------------------------------------------------
 
 // The launchers the glue calls: CUDA launchers in production (gated_delta_cuda_launchers()), emulated ones

@@ -6,7 +6,8 @@
 //
 // Decisions:
 //  * Intermediates between the kernels: dstates (G per chunk) and du, dw in the operand dtype (they are
-//    tensor-core operands of the next kernels), dk_part and the per-key-slice dgc partials in fp32.
+//    tensor-core operands of the next kernels), dk_part, the per-key-slice dgc partials and scan_bwd's
+//    x partials (K_end's decay term with G in fp32, two per scan block) in fp32.
 //  * dq, dk, dv come back in the operand dtype (the caller casts to q / k / v's dtype, which is the
 //    operand dtype on this path), dg, dbeta and ds0 in fp32.
 //  * No CUDA headers; the same code runs with the emulated launchers of the CPU test (CPU tensors,
@@ -80,6 +81,9 @@ GdnV2Grads gated_delta_v2_backward(const GatedDeltaLaunchers& L, const GdnV2Save
   Tensor dk_part = torch::empty({B, H, T, dk}, f32);
   Tensor dw = torch::empty({B, H, T, dk}, opt);
   Tensor dgc_part = torch::empty({slices, B * H, nc * 64}, f32);
+  // two partials (value column halves) per scan_bwd block
+  const int64_t x_blocks = 2 * (dv / gdn_v2_scan_bwd_rows(static_cast<int>(dk), static_cast<int>(dv)));
+  Tensor x_part = torch::empty({x_blocks, B * H, nc * 64}, f32);
   Tensor dK = torch::empty({B, H, T, dk}, opt);
   Tensor dV = torch::empty({B, H, T, dv}, opt);
   Tensor dg = torch::empty({B, H, T}, f32);
@@ -108,6 +112,8 @@ GdnV2Grads gated_delta_v2_backward(const GatedDeltaLaunchers& L, const GdnV2Save
   a.dstates = dstates.data_ptr();
   a.du = du.data_ptr();
   a.ds0 = ds0.data_ptr<float>();
+  a.x_part = x_part.data_ptr<float>();
+  a.x_blocks = static_cast<int>(x_blocks);
   a.dq = dq.data_ptr();
   a.dk_part = dk_part.data_ptr<float>();
   a.dw = dw.data_ptr();

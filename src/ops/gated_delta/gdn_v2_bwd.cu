@@ -61,7 +61,7 @@ void launch_scan(const GdnV2BwdArgs& a, cudaStream_t s) {
 
 template <typename T>
 void scan_t(const GdnV2BwdArgs& a, cudaStream_t s) {
-  const int bv = scan_block_rows(a.key_dim, a.value_dim);
+  const int bv = gdn_v2_scan_bwd_rows(a.key_dim, a.value_dim);
   switch (a.key_dim) {
     case 64: bv == 128 ? launch_scan<T, 64, 128>(a, s) : launch_scan<T, 64, 32>(a, s); break;
     case 128: bv == 128 ? launch_scan<T, 128, 128>(a, s) : launch_scan<T, 128, 32>(a, s); break;

@@ -95,6 +95,46 @@ SUBQ_UNROLL
   }
 }
 
+// Stores the rounding residual acc - T(acc) of a fragment (16 x 8 NT at (m0, n0)) to a shared tile of T:
+// with the tile of T(acc) it splits the fp32 accumulator into a hi + lo pair of tensor-core operands.
+template <typename T, int NT>
+__device__ __forceinline__ void store_frag_residual(T* tile, int pitch, const float (&acc)[NT][4], int m0, int n0) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+SUBQ_UNROLL
+  for (int j = 0; j < NT; ++j) {
+    const int col = n0 + 8 * j + 2 * q;
+    const float2 h0 = ck::unpack2<T>(ck::pack2<T>(acc[j][0], acc[j][1]));
+    const float2 h1 = ck::unpack2<T>(ck::pack2<T>(acc[j][2], acc[j][3]));
+    ck::store2(tile + (m0 + g) * pitch + col, acc[j][0] - h0.x, acc[j][1] - h0.y);
+    ck::store2(tile + (m0 + g + 8) * pitch + col, acc[j][2] - h1.x, acc[j][3] - h1.y);
+  }
+}
+
+// Adds sum over the fragment's columns of U[row, col] * acc[row, col] to x.x (row m0 + g) and x.y (row m0 + g
+// + 8); u holds U's pairs at the fragment's positions (load_frag_pairs).
+template <typename T, int NT>
+__device__ __forceinline__ void add_row_dot_pairs(float2& x, const float (&acc)[NT][4], const uint32_t (&u)[NT][2]) {
+SUBQ_UNROLL
+  for (int j = 0; j < NT; ++j) {
+    const float2 a = ck::unpack2<T>(u[j][0]), b = ck::unpack2<T>(u[j][1]);
+    x.x += a.x * acc[j][0] + a.y * acc[j][1];
+    x.y += b.x * acc[j][2] + b.y * acc[j][3];
+  }
+}
+// The pairs of a global [rows, stride] tile of T at a fragment's positions (16 x 8 NT at (m0, n0)); rows >=
+// `rows` read as 0.
+template <typename T, int NT>
+__device__ __forceinline__ void load_frag_pairs(uint32_t (&u)[NT][2], const T* base, int64_t stride, int m0, int n0,
+                                                int rows) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+SUBQ_UNROLL
+  for (int j = 0; j < NT; ++j) {
+    const int col = n0 + 8 * j + 2 * q;
+    u[j][0] = m0 + g < rows ? *reinterpret_cast<const uint32_t*>(base + (m0 + g) * stride + col) : 0u;
+    u[j][1] = m0 + g + 8 < rows ? *reinterpret_cast<const uint32_t*>(base + (m0 + g + 8) * stride + col) : 0u;
+  }
+}
+
 // ======================================================================================================
 // B1 scan_bwd: grid (Dv / BV, B*H), chunks last to first, G = dL/dS_{c+1} ([BV, DK] fp32 in mma
 // accumulators, starts at dfinal). Per chunk:
@@ -198,11 +238,18 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_v2_scan_bwd_kernel(const GdnV
     }
     __syncthreads();  // (3)
 
-    // (c) dU = diag(dl) K G^T + P^T dO -> du (global) and -dU (x rows 64..); Q rows scaled by e
+    // (c) dU = diag(dl) K G^T + P^T dO -> du (global) and -dU (x rows 64..); Q rows scaled by e.
+    // x_s = <U_s, (K G^T)_s> (the K_end term of the decay chain) with G split into hi + lo operands: the hi
+    // part here, the lo part after (d). G rounded to the operand dtype in this product dominated dg's error
+    // (it is a small difference of large terms; docs/perf/gated_delta.md "dg accuracy").
+    uint32_t ur[NTU][2];
+    load_frag_pairs<T, NTU>(ur, static_cast<const T*>(a.u) + (row_k + t0) * Dv + v0, Dv, m0u, n0u, rows);
+    float2 xs = make_float2(0.f, 0.f);
     {
       float acc[NTU][4];
       ck::zero(acc);
       ck::warp_gemm<T, NTU, /*K[s][i]*/ false, /*G[v][i]*/ false>(acc, st.k, kKP, m0u, sm.gs, kKP, n0u, DK);
+      add_row_dot_pairs<T, NTU>(xs, acc, ur);
       ck::scale_rows(acc, sm.d.dl[m0u + gq], sm.d.dl[m0u + gq + 8]);
       ck::warp_gemm<T, NTU, /*P[t][s]*/ true, /*dO[t][v]*/ true>(acc, sm.p, kChunkPitch, m0u, st.x, kVP, n0u, kChunk);
       store_frag_global<T, NTU>(du + static_cast<int64_t>(t0) * Dv, Dv, acc, m0u, n0u, rows);
@@ -215,7 +262,8 @@ SUBQ_UNROLL
     ck::scale_tile_rows<T, kChunk, DK, kThreads>(st.y, kKP, sm.d.e);
     __syncthreads();  // (4)
 
-    // (d) G <- gamma G + [dO; -dU]^T [diag(e) Q; W]
+    // (d) G <- gamma G + [dO; -dU]^T [diag(e) Q; W]; first G's residual G - T(G) -> gs (read after (5))
+    store_frag_residual<T, NTG>(sm.gs, kKP, G, m0g, n0g);
     {
       const float gamma = sm.d.gamma;
 SUBQ_UNROLL
@@ -223,6 +271,22 @@ SUBQ_UNROLL
 SUBQ_UNROLL
         for (int i = 0; i < 4; ++i) G[j][i] *= gamma;
       ck::warp_gemm<T, NTG, /*X[t][v]*/ true, /*Y[t][i]*/ true>(G, st.x, kVP, m0g, st.y, kKP, n0g, 2 * kChunk);
+    }
+    __syncthreads();  // (5) the residual of G is in gs
+    {  // x's lo part: K (G - T(G))^T; per-warp partial sums of x (this warp's BV / 2 value columns) -> x_part
+      float acc[NTU][4];
+      ck::zero(acc);
+      ck::warp_gemm<T, NTU, /*K[s][i]*/ false, /*Glo[v][i]*/ false>(acc, st.k, kKP, m0u, sm.gs, kKP, n0u, DK);
+      add_row_dot_pairs<T, NTU>(xs, acc, ur);
+      xs.x += __shfl_xor_sync(0xffffffffu, xs.x, 1);
+      xs.y += __shfl_xor_sync(0xffffffffu, xs.y, 1);
+      xs.x += __shfl_xor_sync(0xffffffffu, xs.x, 2);
+      xs.y += __shfl_xor_sync(0xffffffffu, xs.y, 2);
+      if ((lane & 3) == 0) {
+        float* xp = a.x_part + (static_cast<int64_t>(2 * vt + (warp >> 2)) * a.bh + bh) * (static_cast<int64_t>(nc) * kChunk) + t0;
+        xp[m0u + gq] = xs.x;
+        xp[m0u + gq + 8] = xs.y;
+      }
     }
     if (STAGES == 1) {
       __syncthreads();  // every read of the single stage is done
@@ -239,8 +303,9 @@ SUBQ_UNROLL
 // the value dimension in 32-wide tiles, three cp.async stages deep (S_c = states[c], G = dstates[c]):
 //   dq1 = dO S_c, dKe = U G, dW = -dU S_c, dOU = dO U^T, <G, S_c>   (sums over the value tiles)
 //   dq = diag(e) dq1 + (dOU o D) K;   dk_part = (dOU o D)^T Q + diag(dl) dKe;   dw = dW
-//   dgc_part_t = rowsum_t(dDD) - colsum_t(dDD) + e_t <dq1_t, Q_t> - dl_t x_t
-//                + [t = 63] (gamma <G, S_c> + sum_s dl_s x_s),     dDD = dOU o (Q K^T) o D,  x_s = <dKe_s, K_s>
+//   dgc_part_t = rowsum_t(dDD) - colsum_t(dDD) + e_t <dq1_t, Q_t> + [t = 63] gamma <G, S_c>
+//                with dDD = dOU o (Q K^T) o D  (K_end's term -dl_t x_t + [t = 63] sum_s dl_s x_s, x_s = <dKe_s, K_s>,
+//                comes from scan_bwd's x_part, where G is in fp32; wy_bwd adds it)
 // (everything restricted to the block's key slice: the key-dimension sums are partials over slices).
 // ======================================================================================================
 constexpr int kChunkStages = 3;  // chunk_bwd's value-tile pipeline depth (little compute per tile)
@@ -256,7 +321,7 @@ struct ChunkSmem {
   float g[kChunk];
   int rst[kChunk];
   Decay d;
-  float rowp[2][kChunk], colp[4][kChunk], dep[2][kChunk], xp[2][kChunk];
+  float rowp[2][kChunk], colp[4][kChunk], dep[2][kChunk];
   float gpart[8];
 };
 
@@ -355,14 +420,11 @@ SUBQ_UNROLL
     float2 cs[4];
     ck::col_sums(qk, cs);
     const float2 de = ck::row_dot<T, 4>(dq1, sm.q, kKP, m0, n0);
-    const float2 xs = ck::row_dot<T, 4>(dke, sm.k, kKP, m0, n0);
     if (qq == 0) {
       sm.rowp[warp >> 2][m0 + gq] = rs.x;
       sm.rowp[warp >> 2][m0 + gq + 8] = rs.y;
       sm.dep[warp >> 2][m0 + gq] = de.x;
       sm.dep[warp >> 2][m0 + gq + 8] = de.y;
-      sm.xp[warp >> 2][m0 + gq] = xs.x;
-      sm.xp[warp >> 2][m0 + gq + 8] = xs.y;
     }
     if (lane < 4) {
 SUBQ_UNROLL
@@ -387,21 +449,19 @@ SUBQ_UNROLL
 
   if (warp == 0) {
     const int t = 2 * lane;
-    float v[2], xl[2];
+    float v[2];
 SUBQ_UNROLL
     for (int m = 0; m < 2; ++m) {
       const int tt = t + m;
       const float rsum = sm.rowp[0][tt] + sm.rowp[1][tt];
       const float csum = sm.colp[0][tt] + sm.colp[1][tt] + sm.colp[2][tt] + sm.colp[3][tt];
       const float de = sm.dep[0][tt] + sm.dep[1][tt];
-      xl[m] = sm.d.dl[tt] * (sm.xp[0][tt] + sm.xp[1][tt]);
-      v[m] = rsum - csum + sm.d.e[tt] * de - xl[m];
+      v[m] = rsum - csum + sm.d.e[tt] * de;
     }
-    const float xsum = ck::warp_sum(xl[0] + xl[1]);
     float gdot = 0.f;
 SUBQ_UNROLL
     for (int m = 0; m < 8; ++m) gdot += sm.gpart[m];
-    if (lane == 31) v[1] += sm.d.gamma * gdot + xsum;
+    if (lane == 31) v[1] += sm.d.gamma * gdot;
     float* out = a.dgc_part + (static_cast<int64_t>(ks) * a.bh + bh) * (static_cast<int64_t>(nc) * kChunk) + t0;
     out[t] = v[0];
     out[t + 1] = v[1];
@@ -583,7 +643,7 @@ SUBQ_UNROLL
 
   if (warp == 0) {
     const int t = 2 * lane;
-    float dgc[2], dbeta[2];
+    float dgc[2], dbeta[2], xl[2];
 SUBQ_UNROLL
     for (int m = 0; m < 2; ++m) {
       const int tt = t + m;
@@ -592,10 +652,17 @@ SUBQ_UNROLL
       float part = 0.f;
       for (int s = 0; s < a.key_slices; ++s)
         part += a.dgc_part[(static_cast<int64_t>(s) * a.bh + bh) * (static_cast<int64_t>(nc) * kChunk) + t0 + tt];
+      float x = 0.f;
+      for (int s = 0; s < a.x_blocks; ++s)
+        x += a.x_part[(static_cast<int64_t>(s) * a.bh + bh) * (static_cast<int64_t>(nc) * kChunk) + t0 + tt];
+      xl[m] = sm.d.dl[tt] * x;
+      part -= xl[m];
       dgc[m] = part + sm.drow[0][tt] + sm.drow[1][tt] -
                (sm.dcol[0][tt] + sm.dcol[1][tt] + sm.dcol[2][tt] + sm.dcol[3][tt]) + e * sm.beta[tt] * rw;
       dbeta[m] = sm.dbp[0][tt] + sm.dbp[1][tt] + e * rw + sm.arow[0][tt] + sm.arow[1][tt];
     }
+    const float xsum = ck::warp_sum(xl[0] + xl[1]);  // K_end's decay term: + sum_s dl_s x_s at t = 63
+    if (lane == 31) dgc[1] += xsum;
     const float2 dg = ck::suffix_sum_warp(dgc[0], dgc[1]);
     if (t < rows) {
       a.dg[row0 + t] = dg.x;
@@ -606,17 +673,6 @@ SUBQ_UNROLL
       a.dbeta[row0 + t + 1] = dbeta[1];
     }
   }
-}
-
-}  // namespace subq::ops::detail::gdn_v2_bwd
-
-namespace subq::ops::detail::gdn_v2_bwd {
-
-// Value rows per scan_bwd block: the widest tile that divides Dv and fits shared memory with the key dim
-// (128 for Dk <= 128, 64 for Dk = 256; 32 otherwise). Shared by the launcher and the emulated test.
-inline int scan_block_rows(int dk, int dv) {
-  const int wide = dk <= 128 ? 128 : 64;
-  return dv % wide == 0 ? wide : 32;
 }
 
 }  // namespace subq::ops::detail::gdn_v2_bwd
