@@ -242,10 +242,11 @@ __global__ void __launch_bounds__(kThreads, 1) gdn_v2_scan_bwd_kernel(const GdnV
     // x_s = <U_s, (K G^T)_s> (the K_end term of the decay chain) with G split into hi + lo operands: the hi
     // part here, the lo part after (d). G rounded to the operand dtype in this product dominated dg's error
     // (it is a small difference of large terms; docs/perf/gated_delta.md "dg accuracy").
-    uint32_t ur[NTU][2];
-    load_frag_pairs<T, NTU>(ur, static_cast<const T*>(a.u) + (row_k + t0) * Dv + v0, Dv, m0u, n0u, rows);
+    const T* u_rows = static_cast<const T*>(a.u) + (row_k + t0) * Dv + v0;  // U's [64, BV] tile (read twice)
     float2 xs = make_float2(0.f, 0.f);
     {
+      uint32_t ur[NTU][2];
+      load_frag_pairs<T, NTU>(ur, u_rows, Dv, m0u, n0u, rows);
       float acc[NTU][4];
       ck::zero(acc);
       ck::warp_gemm<T, NTU, /*K[s][i]*/ false, /*G[v][i]*/ false>(acc, st.k, kKP, m0u, sm.gs, kKP, n0u, DK);
@@ -274,6 +275,8 @@ SUBQ_UNROLL
     }
     __syncthreads();  // (5) the residual of G is in gs
     {  // x's lo part: K (G - T(G))^T; per-warp partial sums of x (this warp's BV / 2 value columns) -> x_part
+      uint32_t ur[NTU][2];
+      load_frag_pairs<T, NTU>(ur, u_rows, Dv, m0u, n0u, rows);  // again (L2): not held through (d)
       float acc[NTU][4];
       ck::zero(acc);
       ck::warp_gemm<T, NTU, /*K[s][i]*/ false, /*Glo[v][i]*/ false>(acc, st.k, kKP, m0u, sm.gs, kKP, n0u, DK);
