@@ -116,8 +116,41 @@ void compare_grads(const Case& c, uint64_t seed, bool state_loss) {
 TEST_CASE("mlstm kernels match the reference: h and final state", "[gpu][mlstm]") {
   const std::string why = why_skip();
   if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
+  const std::vector<std::pair<int64_t, int64_t>> dims = {{64, 64}, {128, 128}, {128, 256}, {256, 256}, {256, 64}};
+  uint64_t seed = 100;
+  for (int64_t t : {1, 63, 64, 65, 1000, 4096}) {
+    for (const auto& [dk, dv] : dims) {
+      Case plain;
+      plain.t = t;
+      plain.dk = dk;
+      plain.dv = dv;
+      compare_forward(plain, seed += 100);
+      Case full = plain;  // initial state, packed documents, closing gates
+      full.h = 3;
+      full.init = full.reset = full.closing = true;
+      compare_forward(full, seed += 100);
+    }
+  }
+  Case f16;
+  f16.dtype = torch::kFloat16;
+  f16.t = 1000;
+  f16.dk = 128;
+  f16.dv = 256;
+  f16.init = f16.reset = true;
+  compare_forward(f16, 9100);
+  Case big;  // the benchmark shape's heads at a shorter length
+  big.b = 2;
+  big.h = 16;
+  big.t = 2048;
+  big.dk = big.dv = 128;
+  compare_forward(big, 9200);
+}
+
+TEST_CASE("mlstm backward kernels match the reference's gradients", "[gpu][mlstm]") {
+  const std::string why = why_skip();
+  if (!why.empty()) SUBQ_SKIP("mLSTM kernels cannot run here: " << why);
   // T in {1, 63, 65, 1000, 4096} x head-dim corners x {open, init + resets + closing}, fp16, a state loss
-  // (tests/mlstm_gpu_cases.h; the CPU replay runs the same list)
+  // (tests/mlstm_gpu_cases.h; the CPU replay test_mlstm_gpu_cases_emulated runs the same list)
   for (const auto& gc : subq::test::mlstm_cases::grad_cases()) compare_grads(gc.c, gc.seed, gc.state_loss);
 }
 

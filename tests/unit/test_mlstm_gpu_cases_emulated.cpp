@@ -11,8 +11,9 @@
 // Findings for the H200 run of 17ac015 and the precision fixes after it: docs/perf/mlstm.md, "H200 gradient
 // failures".
 //
-// The T = 1 cases run in the CPU suite (they are cheap); the others are hidden ("[.]" tag; ~1-5 min each
-// under the emulator): run them with
+// The T = 1 cases run in the CPU suite (they are cheap); the others are hidden ("[.]" tag; ~10 s to ~8 min
+// each under the emulator; the fp16 case is left out: the emulated fp16 backward exists for Dk = 64 only): run
+// them with
 //   build/tests/test_mlstm_gpu_cases_emulated "[mlstm-gpu-replay]"
 // and pick cases with SUBQ_MLSTM_CASES=i,j,... (indices into mlstm_cases::grad_cases(), printed per line).
 #include <torch/torch.h>
@@ -280,11 +281,28 @@ std::vector<size_t> selected(const std::vector<size_t>& dflt) {
 
 // The GPU test's criterion (DESIGN.md: relative RMS error against the fp32 reference < 5e-3 for h, < 1e-2
 // for every gradient) on the replayed cases, plus the diagnostic decomposition g = g_num + g_den the printed
-// cancellation factor rests on.
-void check_case(size_t i) {
+// cancellation factor rests on. A check the kernels miss is accepted here only as "reference-limited": the
+// fp32 reference is itself farther than the tolerance from the fp64 truth, and the kernels are within 1e-4
+// of the truth (df~ at T = 1 without a carried state, where the true gradient is only the 1e-6 exp(m) term
+// and the reference's fp32 autograd through the stabiliser leaves rounding noise of its size). The GPU test
+// keeps the plain criterion; these are counted and printed, so a new miss of any other kind fails here.
+// Returns the number of reference-limited checks.
+int check_case(size_t i) {
   const Replay rp = replay(i, true);
   INFO("case " << i << " " << mc::describe(mc::grad_cases()[i].c));
-  CHECK(rel(rp.kernel.h, rp.ref.h) < 5e-3);
+  int reference_limited = 0;
+  auto check = [&](const std::string& name, const Tensor& k, const Tensor& r, const Tensor& t, double tol) {
+    const double e = rel(k, r), e64 = rel(k, t), r64 = rel(r, t);
+    INFO(name << ": relative RMS error " << e << " against the fp32 reference (tolerance " << tol
+              << "), kernel vs fp64 " << e64 << ", fp32 reference vs fp64 " << r64);
+    if (e < tol) return;
+    CHECK(r64 > tol);
+    CHECK(e64 < 1e-4);
+    ++reference_limited;
+    std::printf("[mlstm-gpu-replay] case %zu %s: reference-limited (kernel vs fp32 reference %.3e, vs fp64 %.3e; "
+                "fp32 reference vs fp64 %.3e)\n", i, name.c_str(), e, e64, r64);
+  };
+  check("h", rp.kernel.h, rp.ref.h, rp.truth.h, 5e-3);
   for (size_t g = 0; g < rp.names.size(); ++g) {
     INFO(rp.names[g]);
     const mc::GradScale& sc = rp.scales[g];
@@ -292,26 +310,29 @@ void check_case(size_t i) {
     const double split = mc::scaled_error(sc.g_num.to(torch::kDouble) + sc.g_den.to(torch::kDouble), ref, sc);
     INFO("||g_num + g_den - g_ref|| / scale = " << split);
     CHECK(split < 1e-5);
-    const double e = rel(rp.kernel.g[g], ref);
-    INFO("kernel: relative RMS error " << e << " (scaled " << mc::scaled_error(rp.kernel.g[g], ref, sc)
-                                       << ", cancellation x" << (sc.norm > 0 ? sc.scale / sc.norm : 0.0) << ")");
-    CHECK(e < 1e-2);
+    check(rp.names[g], rp.kernel.g[g], ref, rp.truth.g[g], 1e-2);
   }
+  return reference_limited;
 }
 
 }  // namespace
 
-// The T = 1 cases run in the CPU suite (19 of their gradient checks failed on the H200 at 17ac015).
+// The T = 1 cases run in the CPU suite (19 of their gradient checks failed on the H200 at 17ac015; now all
+// pass but df~ of the six cases without a carried state at their first token, which are reference-limited).
 TEST_CASE("mLSTM GPU-test gradient cases replayed under the emulator (T = 1)", "[ops][mlstm][kernels]") {
-  for (size_t i : selected({0, 1, 2, 3, 4, 5, 6, 7, 8, 9})) check_case(i);
+  int reference_limited = 0;
+  for (size_t i : selected({0, 1, 2, 3, 4, 5, 6, 7, 8, 9})) reference_limited += check_case(i);
+  if (!std::getenv("SUBQ_MLSTM_CASES")) CHECK(reference_limited == 6);
 }
 
-// Every other case (hidden: ~10 s to ~5 min each under the emulator); SUBQ_MLSTM_CASES picks some.
+// Every other case (hidden: ~10 s to ~8 min each under the emulator); SUBQ_MLSTM_CASES picks some.
 TEST_CASE("mLSTM GPU-test gradient cases replayed under the emulator (long)", "[.][mlstm-gpu-replay]") {
   std::vector<size_t> all;
   for (size_t i = 10; i < mc::grad_cases().size(); ++i)
-    if (!mc::grad_cases()[i].state_loss) all.push_back(i);
-  for (size_t i : selected(all)) check_case(i);
+    if (!mc::grad_cases()[i].state_loss && mc::grad_cases()[i].c.dtype == torch::kBFloat16) all.push_back(i);
+  int reference_limited = 0;
+  for (size_t i : selected(all)) reference_limited += check_case(i);
+  std::printf("[mlstm-gpu-replay] reference-limited checks: %d\n", reference_limited);
 }
 
 #else
