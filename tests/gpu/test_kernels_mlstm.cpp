@@ -9,7 +9,8 @@
 // Tolerances (DESIGN.md): relative RMS ||a - b|| / ||b|| < 5e-3 for bf16/fp16 outputs and final states,
 // < 1e-2 for gradients; the stabiliser m < 1e-5 (the kernels compute the recurrent m exactly, in fp32);
 // fp32 decode steps < 1e-5. NaN never passes. Every case prints one line with its shape and the error of
-// every tensor.
+// every tensor. A gradient the fp32 reference cannot resolve (its own distance to the reference evaluated in
+// fp64 exceeds the tolerance: df~ at T = 1 without a carried state) is checked against the fp64 evaluation.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -101,12 +102,38 @@ void compare_grads(const Case& c, uint64_t seed, bool state_loss) {
   };
   const auto gk = torch::autograd::grad({loss(got)}, kl);
   const auto gr = torch::autograd::grad({loss(want)}, rl);
+  // The truth is the fp32 reference, except where that reference cannot resolve a gradient: when the kernels
+  // miss it, the reference is also evaluated in fp64 on the same (rounded) inputs, and where the fp32
+  // reference itself is farther than the tolerance from the fp64 one (at T = 1 without a carried state, df~ is
+  // only the 1e-6 exp(m) term, 1e-7..1e-11, and the fp32 autograd through the stabiliser is noise), the
+  // kernels are compared with the fp64 reference instead. Everywhere else fp32 and fp64 agree to ~3e-5.
+  std::vector<Tensor> g64;
+  auto fp64_grads = [&] {
+    std::vector<Tensor> l64;
+    for (const auto& t : rl) l64.push_back(t.detach().to(torch::kFloat64).requires_grad_(true));
+    const auto r = subq::ops::mlstm_chunkwise(l64[0], l64[1], l64[2], l64[3], l64[4], state_of(l64), in.reset, 64);
+    Tensor l = (r.h * Wh.to(torch::kFloat64)).sum();
+    if (state_loss) l = l + (r.state.c * Wc.to(torch::kFloat64)).sum() + r.state.n.sum() + r.state.m.sum();
+    return torch::autograd::grad({l}, l64);
+  };
   Report rep;
   rep.add("h", got.h, want.h, 5e-3);
+  constexpr double gtol = 1e-2;
   for (size_t i = 0; i < kl.size(); ++i) {
     REQUIRE(gk[i].defined());
     CHECK(gk[i].scalar_type() == kl[i].scalar_type());
-    rep.add(names[i], gk[i], gr[i], 1e-2);
+    const double e32 = rel_rms(gk[i], gr[i]);
+    if (e32 < gtol) {
+      rep.add(names[i], gk[i], gr[i], gtol);
+      continue;
+    }
+    if (g64.empty()) g64 = fp64_grads();
+    const double ref_off = rel_rms(gr[i], g64[i]);
+    if (ref_off > gtol)
+      rep.add_value(names[i], rel_rms(gk[i].to(torch::kFloat64), g64[i]), gtol,
+                    subq::str(" (vs the fp64 reference: the fp32 one is ", ref_off, " off it)"));
+    else
+      rep.add(names[i], gk[i], gr[i], gtol);
   }
   rep.check(subq::str("gradients ", describe(c), state_loss ? " state loss (recompute)" : " (kernels)"));
 }
