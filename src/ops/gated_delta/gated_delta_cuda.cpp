@@ -447,6 +447,16 @@ GatedDeltaResult gated_delta_v2_forward(const GatedDeltaLaunchers& L, const torc
   return {o, s_out};
 }
 
+namespace {
+const GatedDeltaOverride* g_override = nullptr;  // test hook, see gated_delta_cuda.h
+}  // namespace
+
+const GatedDeltaOverride* gated_delta_override() { return g_override; }
+ScopedGatedDeltaOverride::ScopedGatedDeltaOverride(GatedDeltaOverride fn) : fn_(std::move(fn)), prev_(g_override) {
+  g_override = &fn_;
+}
+ScopedGatedDeltaOverride::~ScopedGatedDeltaOverride() { g_override = prev_; }
+
 std::string gated_delta_kernel_shape_error(int64_t dk, int64_t dv, int64_t bh) {
   if (dk != 64 && dk != 128 && dk != 256) return str("key head dim Dk = ", dk, " is not 64, 128 or 256");
   if (dv < 32 || dv % kGdnScanRows != 0) return str("value head dim Dv = ", dv, " is not a positive multiple of 32");
@@ -568,6 +578,8 @@ GatedDeltaResult gated_delta_step_cuda(const torch::Tensor& q_t, const torch::Te
 GatedDeltaResult gated_delta(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& initial_state,
                              const torch::Tensor& reset, const GatedDeltaOptions& options) {
+  if (const detail::GatedDeltaOverride* hook = detail::gated_delta_override())  // tests only (gated_delta_cuda.h)
+    return (*hook)(q, k, v, g, beta, initial_state, reset, options);
   switch (ops_impl()) {
     case OpsImpl::kReference: return gated_delta_chunkwise(q, k, v, g, beta, initial_state, reset, options);
     case OpsImpl::kCuda: return gated_delta_cuda(q, k, v, g, beta, initial_state, reset, options);

@@ -54,6 +54,7 @@ torch::Tensor gated_delta_chunk_output(const GatedDeltaChunks& c, const torch::T
 
 namespace subq::ops {
 struct GatedDeltaResult;
+struct GatedDeltaOptions;
 }
 
 namespace subq::ops::detail {
@@ -101,5 +102,27 @@ GatedDeltaResult gated_delta_step_kernel_path(const GatedDeltaLaunchers& launche
                                               const torch::Tensor& k_t, const torch::Tensor& v_t,
                                               const torch::Tensor& g_t, const torch::Tensor& beta_t,
                                               const torch::Tensor& state, bool l2_normalize_qk);
+
+// Test hook (null in production, where nothing sets it): while set, ops::gated_delta() hands every call to
+// this function instead of dispatching, whatever SUBQ_OPS_IMPL says. Tests use it to run whole models through
+// the kernel path on CPU tensors (gated_delta_kernel_path with the emulated launchers of
+// tests/emu/gdn_v2_emu_launchers.h), or to observe / vary the op inside a model. Not thread-safe; set it
+// only through ScopedGatedDeltaOverride, which restores the previous hook.
+using GatedDeltaOverride = std::function<GatedDeltaResult(
+    const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& g,
+    const torch::Tensor& beta, const torch::Tensor& initial_state, const torch::Tensor& reset,
+    const GatedDeltaOptions& options)>;
+const GatedDeltaOverride* gated_delta_override();
+class ScopedGatedDeltaOverride {
+ public:
+  explicit ScopedGatedDeltaOverride(GatedDeltaOverride fn);
+  ~ScopedGatedDeltaOverride();
+  ScopedGatedDeltaOverride(const ScopedGatedDeltaOverride&) = delete;
+  ScopedGatedDeltaOverride& operator=(const ScopedGatedDeltaOverride&) = delete;
+
+ private:
+  GatedDeltaOverride fn_;
+  const GatedDeltaOverride* prev_;
+};
 
 }  // namespace subq::ops::detail

@@ -1,0 +1,263 @@
+// test_gdn_model_kernels_emulated.cpp — the GPU test's "gdn model under bf16 autocast" case
+// (tests/gpu/test_kernels_gated_delta.cpp) on the CPU: a whole GDN model whose gated_delta() calls run the v2
+// kernels (device code under the emulator of tests/emu/cuda_emu.h, launcher table of
+// tests/emu/gdn_v2_emu_launchers.h) through the real glue (detail::gated_delta_kernel_path), reached through
+// the test hook detail::ScopedGatedDeltaOverride. CPU bf16 autocast stands in for CUDA's.
+//
+// Three runs as on the GPU: fp32 references (truth), kernels under bf16 autocast, references under bf16
+// autocast; per parameter the gradient error vs truth, with the GPU test's criterion (kernel error <=
+// max(2 x reference-under-autocast error, 1e-2)). torch::manual_seed(3) draws other weights and tokens on the
+// CPU than on CUDA, so the numbers are not the GPU's; the precision regime is.
+//
+// The always-on case is the GPU test's model at T = 130 (under a minute on 2 cores). The GPU's exact shape
+// (T = 300) and the attribution variants (which rounding of the op the decay gradients see) are hidden
+// ([.study]); SUBQ_OPS_TEST_REPORT=1 prints every parameter's errors in the always-on case too.
+#include <torch/torch.h>
+
+#include <ATen/autocast_mode.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "op_testing.h"
+#include "ops/gated_delta/gated_delta_cuda.h"
+#include "ops/gated_delta/gated_delta_internal.h"
+#include "subq/core/device.h"
+#include "subq/core/error.h"
+#include "subq/models/model.h"
+#include "subq/ops/gated_delta.h"
+#include "subq_catch.h"
+
+#if defined(SUBQ_WITH_CUDA)
+#include "emu/gdn_v2_emu_launchers.h"
+
+namespace {
+
+using torch::Tensor;
+namespace d = subq::ops::detail;
+using subq::test::gdn_v2_emu::kEmulated;
+
+bool report_all() {
+  const char* v = std::getenv("SUBQ_OPS_TEST_REPORT");
+  return v != nullptr && std::string(v) == "1";
+}
+
+struct Model {
+  subq::models::ModelConfig cfg;
+  std::shared_ptr<subq::models::LanguageModel> m;
+  Tensor tok, doc;
+  int64_t T = 0;
+};
+
+// The GPU test's model and inputs (same config and seed), on the CPU, T tokens per row.
+Model gpu_case_model(int64_t T) {
+  Model r;
+  auto& c = r.cfg;
+  c.arch = "gdn";
+  c.vocab_size = 301;
+  c.d_model = 128;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.d_ff = 256;
+  c.init_std = 0.05;
+  c.gdn.head_dim = 64;
+  c.gdn.expand_v = 2.0;  // Dk 64, Dv 128
+  c.gdn.allow_neg_eigval = true;
+  torch::manual_seed(3);
+  r.m = subq::models::create_model(c);
+  r.tok = torch::randint(0, 301, {2, T}, torch::TensorOptions().dtype(torch::kInt64));
+  r.doc = torch::zeros({2, T}, torch::TensorOptions().dtype(torch::kBool));
+  r.doc.index_put_({0, std::min<int64_t>(100, T - 1)}, true);
+  r.T = T;
+  return r;
+}
+
+struct Out {
+  Tensor logits;
+  std::vector<Tensor> grads;
+};
+
+// One forward + backward of the GPU test's loss; `op` (when set) replaces every gated_delta() call.
+Out run(Model& M, bool autocast, const d::GatedDeltaOverride& op) {
+  subq::test::OpsImplEnv env;
+  env.set("reference");
+  std::unique_ptr<d::ScopedGatedDeltaOverride> hook;
+  if (op) hook = std::make_unique<d::ScopedGatedDeltaOverride>(op);
+  M.m->zero_grad();
+  Out o;
+  {
+    std::unique_ptr<subq::AutocastGuard> ac;
+    if (autocast) ac = std::make_unique<subq::AutocastGuard>(torch::Device(torch::kCPU), torch::kBFloat16);
+    o.logits = M.m->forward(M.tok, M.doc);
+  }
+  const int64_t n = 2 * M.T - 1;
+  const Tensor loss = torch::nn::functional::cross_entropy(
+      o.logits.to(torch::kFloat32).reshape({-1, 301}).narrow(0, 0, n), M.tok.reshape({-1}).narrow(0, 1, n));
+  loss.backward();
+  for (const auto& p : M.m->parameters()) o.grads.push_back(p.grad().defined() ? p.grad().clone() : Tensor());
+  return o;
+}
+
+// The kernel path with the emulated launchers (the GPU's v2 for bf16 q, k, v).
+subq::ops::GatedDeltaResult emulated_kernels(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                             const Tensor& beta, const Tensor& s0, const Tensor& reset,
+                                             const subq::ops::GatedDeltaOptions& o) {
+  return d::gated_delta_kernel_path(kEmulated, q, k, v, g, beta, s0, reset, o.l2_normalize_qk);
+}
+
+struct Comparison {
+  double worst_excess = 0;
+  std::string worst;
+  std::vector<std::string> names;
+  std::vector<double> ek, er;
+};
+
+// Per-parameter errors of `kern` and `ref` vs `truth`, printed as the GPU test prints them.
+Comparison compare(const Model& M, const Out& truth, const Out& kern, const Out& ref, const std::string& label,
+                   bool print) {
+  Comparison c;
+  const auto names = M.m->named_parameters().keys();
+  for (size_t i = 0; i < kern.grads.size(); ++i) {
+    if (!kern.grads[i].defined() || !truth.grads[i].defined()) continue;
+    const double ek = subq::test::rel_rms(kern.grads[i], truth.grads[i]);
+    const double er = subq::test::rel_rms(ref.grads[i], truth.grads[i]);
+    const double excess = ek / std::max(2 * er, 1e-2);
+    c.names.push_back(names[i]);
+    c.ek.push_back(ek);
+    c.er.push_back(er);
+    if (print)
+      std::printf("[gdn-model-emu] %s grad %s: kernels %.4g reference-autocast %.4g ratio to allowed %.3g\n",
+                  label.c_str(), names[i].c_str(), ek, er, excess);
+    if (excess > c.worst_excess) c.worst_excess = excess, c.worst = names[i];
+  }
+  std::printf("[gdn-model-emu] %s: worst ratio to allowed %.3g (%s); logits kernels %.4g reference-autocast %.4g\n",
+              label.c_str(), c.worst_excess, c.worst.c_str(), subq::test::rel_rms(kern.logits, truth.logits),
+              subq::test::rel_rms(ref.logits, truth.logits));
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU model case at T 130)",
+          "[ops][gated_delta][kernels][model]") {
+  Model M = gpu_case_model(130);
+  const Out truth = run(M, false, {});
+  const Out kern = run(M, true, emulated_kernels);
+  const Out ref = run(M, true, {});
+  const Comparison c = compare(M, truth, kern, ref, "T130", report_all());
+  CHECK(c.worst_excess <= 1.0);
+  CHECK(!at::autocast::is_autocast_enabled(torch::kCPU));
+  CHECK(d::gated_delta_override() == nullptr);
+}
+
+TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU model case, T 300)",
+          "[.study][gated_delta][model]") {
+  Model M = gpu_case_model(300);
+  const Out truth = run(M, false, {});
+  const Out kern = run(M, true, emulated_kernels);
+  const Out ref = run(M, true, {});
+  const Comparison c = compare(M, truth, kern, ref, "T300", true);
+  CHECK(c.worst_excess <= 1.0);
+}
+
+namespace {
+
+using Op = std::function<subq::ops::GatedDeltaResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                     const Tensor&, const Tensor&, const Tensor&,
+                                                     const subq::ops::GatedDeltaOptions&)>;
+
+subq::ops::GatedDeltaResult reference_op(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                         const Tensor& beta, const Tensor& s0, const Tensor& reset,
+                                         const subq::ops::GatedDeltaOptions& o) {
+  return subq::ops::gated_delta_chunkwise(q, k, v, g, beta, s0, reset, o);
+}
+
+// `a` in the layers where use_a(layer) holds, else `b` (calls alternate layer 0, 1, ... in each forward).
+d::GatedDeltaOverride per_layer(std::function<bool(int)> use_a, Op a, Op b, int n_layers) {
+  auto calls = std::make_shared<int>(0);
+  return [=](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+             const Tensor& s0, const Tensor& reset, const subq::ops::GatedDeltaOptions& o) {
+    const int layer = (*calls)++ % n_layers;
+    return use_a(layer) ? a(q, k, v, g, beta, s0, reset, o) : b(q, k, v, g, beta, s0, reset, o);
+  };
+}
+
+// Forward values of `fv`, gradients of `bv` (taken at bv's own forward): o = bv + (fv - bv).detach().
+Op values_of_grads_of(Op fv, Op bv) {
+  return [=](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+             const Tensor& s0, const Tensor& reset, const subq::ops::GatedDeltaOptions& o) {
+    const auto f = fv(q, k, v, g, beta, s0, reset, o);
+    const auto b = bv(q, k, v, g, beta, s0, reset, o);
+    subq::ops::GatedDeltaResult r;
+    r.o = b.o + (f.o.to(b.o.scalar_type()) - b.o).detach();
+    r.final_state = b.final_state + (f.final_state.to(b.final_state.scalar_type()) - b.final_state).detach();
+    return r;
+  };
+}
+
+// The reference with the glue's input rounding: q, k normalised in fp32, then rounded to the operand dtype.
+subq::ops::GatedDeltaResult reference_qk_rounded(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                                 const Tensor& beta, const Tensor& s0, const Tensor& reset,
+                                                 const subq::ops::GatedDeltaOptions& o) {
+  auto [q32, k32] = d::gated_delta_prepare_qk(q.to(torch::kFloat32), k.to(torch::kFloat32), o.l2_normalize_qk);
+  subq::ops::GatedDeltaOptions o2 = o;
+  o2.l2_normalize_qk = false;
+  return subq::ops::gated_delta_chunkwise(q32.to(q.scalar_type()), k32.to(q.scalar_type()), v, g, beta, s0, reset,
+                                          o2);
+}
+
+// The reference in fp32 inside the op (autocast off around it), o back in q's dtype.
+subq::ops::GatedDeltaResult reference_fp32(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                           const Tensor& beta, const Tensor& s0, const Tensor& reset,
+                                           const subq::ops::GatedDeltaOptions& o) {
+  const bool was = at::autocast::is_autocast_enabled(torch::kCPU);
+  at::autocast::set_autocast_enabled(torch::kCPU, false);
+  auto r = subq::ops::gated_delta_chunkwise(q.to(torch::kFloat32), k.to(torch::kFloat32), v.to(torch::kFloat32),
+                                            g, beta, s0, reset, o);
+  at::autocast::set_autocast_enabled(torch::kCPU, was);
+  r.o = r.o.to(q.scalar_type());
+  return r;
+}
+
+void print_decay(const Model& M, const Out& truth, const Out& ref, const Out& x, const std::string& label) {
+  const auto names = M.m->named_parameters().keys();
+  std::string line;
+  for (size_t i = 0; i < x.grads.size(); ++i) {
+    const std::string& n = names[i];
+    if (n.find("A_log") == std::string::npos && n.find("dt_bias") == std::string::npos) continue;
+    const double e = subq::test::rel_rms(x.grads[i], truth.grads[i]);
+    const double er = subq::test::rel_rms(ref.grads[i], truth.grads[i]);
+    line += subq::str(" ", n, " ", e, " (", e / std::max(2 * er, 1e-2), ")");
+  }
+  std::printf("[gdn-model-emu] %-40s%s\n", label.c_str(), line.c_str());
+}
+
+}  // namespace
+
+TEST_CASE("gdn model decay gradients: which part of the op moves them", "[.study][gated_delta][model]") {
+  const char* tv = std::getenv("SUBQ_GDN_MODEL_T");
+  Model M = gpu_case_model(tv ? std::atoll(tv) : 300);
+  const Out truth = run(M, false, {});
+  const Out ref = run(M, true, {});
+  const Op K = emulated_kernels, R = reference_op;
+  const int nl = 2;
+  print_decay(M, truth, ref, ref, "reference-autocast");
+  print_decay(M, truth, ref, run(M, true, emulated_kernels), "kernels everywhere");
+  print_decay(M, truth, ref, run(M, true, per_layer([](int l) { return l == 0; }, K, R, nl)), "kernels layer 0 only");
+  print_decay(M, truth, ref, run(M, true, per_layer([](int l) { return l == 1; }, K, R, nl)), "kernels layer 1 only");
+  print_decay(M, truth, ref, run(M, true, values_of_grads_of(K, R)), "kernel fwd values, reference bwd");
+  print_decay(M, truth, ref, run(M, true, values_of_grads_of(R, K)), "reference fwd values, kernel bwd");
+  print_decay(M, truth, ref, run(M, true, reference_qk_rounded), "reference on bf16 normalised q/k");
+  print_decay(M, truth, ref, run(M, true, reference_fp32), "reference fp32 inside the op");
+}
+
+#else
+TEST_CASE("gdn model through the emulated v2 kernels", "[ops][gated_delta][kernels][model]") {
+  SUBQ_SKIP("the CPU emulator needs the CUDA headers (SUBQ_WITH_CUDA)");
+}
+#endif
