@@ -4,7 +4,8 @@
 // 64, 65, 1000, 4096, Dk in {64, 128, 256}, Dv in {64, 128, 256, 512}, beta in [0, 1] and [0, 2], with and
 // without resets and initial states, in-op q/k normalisation, fp16 and fp32; the SUBQ_OPS_IMPL dispatch;
 // the decode kernel (and T decode steps vs the sequence path); document isolation; the GDN model under bf16
-// autocast with the kernels vs with the references (loss, every parameter gradient, decoding).
+// autocast with the kernels vs with the references (loss, every parameter gradient pooled over 4 model seeds,
+// decoding).
 //
 // Tolerances (DESIGN.md): relative RMS ||a - b|| / ||b|| < 5e-3 for bf16/fp16 outputs and final states,
 // < 1e-2 for gradients; fp32 decode steps < 1e-5. NaN never passes (rel_rms of a non-finite tensor is NaN).
@@ -15,6 +16,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -355,54 +358,79 @@ TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients
   c.gdn.head_dim = 64;
   c.gdn.expand_v = 2.0;  // Dk 64, Dv 128
   c.gdn.allow_neg_eigval = true;
-  torch::manual_seed(3);
-  auto m = subq::models::create_model(c);
-  m->to(torch::kCUDA);
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
-  const Tensor tok = torch::randint(0, 301, {2, 300}, i64);
-  Tensor doc = torch::zeros({2, 300}, torch::TensorOptions().dtype(torch::kBool).device(torch::kCUDA));
-  doc.index_put_({0, 100}, true);
   subq::test::OpsImplEnv env;
   struct Out {
     Tensor logits;
     std::vector<Tensor> grads;
   };
-  auto run = [&](const char* impl, bool autocast) {
-    env.set(impl);
-    m->zero_grad();
-    Out o;
-    {
-      std::unique_ptr<subq::AutocastGuard> ac;
-      if (autocast) ac = std::make_unique<subq::AutocastGuard>(torch::Device(torch::kCUDA), torch::kBFloat16);
-      o.logits = m->forward(tok, doc);
-    }
-    const Tensor loss = torch::nn::functional::cross_entropy(o.logits.to(torch::kFloat32).reshape({-1, 301}).narrow(0, 0, 599),
-                                                             tok.reshape({-1}).narrow(0, 1, 599));
-    loss.backward();
-    for (const auto& p : m->parameters()) o.grads.push_back(p.grad().defined() ? p.grad().clone() : Tensor());
-    return o;
-  };
-  // Ground truth: the references in fp32. Under bf16 autocast the kernels must be about as close to it as
-  // the references under autocast are (each parameter gradient, and the logits).
-  const Out truth = run("reference", false), kern = run("cuda", true), ref = run("reference", true);
   Report rep;
-  const double e_ref = rel_rms(ref.logits, truth.logits);
-  rep.add("logits_vs_fp32", kern.logits, truth.logits, std::max(2 * e_ref, 1e-2));
+  // Ground truth: the references in fp32. Under bf16 autocast the kernels must be about as close to it as
+  // the references under autocast are: per parameter, the RMS over 4 model seeds of the relative gradient
+  // errors, kernels <= max(2 x references, 1e-2); the logits per seed. Pooled over seeds because one seed is
+  // not enough for the per-head decay parameters (A_log, dt_bias: one value per head, each a sum over every
+  // token with heavy cancellation): their error is a 2-sample statistic that roundings anywhere in the model
+  // move, and the reference under autocast is sometimes far closer to truth by chance. Measured on the CPU
+  // (tests/unit/test_gdn_model_kernels_emulated.cpp, the v2 kernels emulated, 10 seeds x 2 layers): A_log's
+  // error over the reference-under-autocast's has geometric mean 0.95, and exceeds the single-seed 2x bar 4
+  // times in 20; the reference with its op in fp32 (fewer roundings than either) exceeds it 3 times.
+  std::vector<std::string> names;
+  std::vector<double> k2, r2;  // per parameter: sums over seeds of squared relative errors
+  int seeds = 0;
+  std::shared_ptr<subq::models::LanguageModel> m;
+  Tensor tok;
+  for (uint64_t seed = 3; seed <= 6; ++seed, ++seeds) {
+    torch::manual_seed(seed);
+    m = subq::models::create_model(c);
+    m->to(torch::kCUDA);
+    tok = torch::randint(0, 301, {2, 300}, i64);
+    Tensor doc = torch::zeros({2, 300}, torch::TensorOptions().dtype(torch::kBool).device(torch::kCUDA));
+    doc.index_put_({0, 100}, true);
+    auto run = [&](const char* impl, bool autocast) {
+      env.set(impl);
+      m->zero_grad();
+      Out o;
+      {
+        std::unique_ptr<subq::AutocastGuard> ac;
+        if (autocast) ac = std::make_unique<subq::AutocastGuard>(torch::Device(torch::kCUDA), torch::kBFloat16);
+        o.logits = m->forward(tok, doc);
+      }
+      const Tensor loss = torch::nn::functional::cross_entropy(
+          o.logits.to(torch::kFloat32).reshape({-1, 301}).narrow(0, 0, 599), tok.reshape({-1}).narrow(0, 1, 599));
+      loss.backward();
+      for (const auto& p : m->parameters()) o.grads.push_back(p.grad().defined() ? p.grad().clone() : Tensor());
+      return o;
+    };
+    const Out truth = run("reference", false), kern = run("cuda", true), ref = run("reference", true);
+    const double e_ref = rel_rms(ref.logits, truth.logits);
+    rep.add(subq::str("logits_vs_fp32_seed", seed), kern.logits, truth.logits, std::max(2 * e_ref, 1e-2));
+    if (names.empty()) {
+      names = m->named_parameters().keys();
+      k2.assign(names.size(), 0);
+      r2.assign(names.size(), 0);
+    }
+    for (size_t i = 0; i < kern.grads.size(); ++i) {
+      REQUIRE(kern.grads[i].defined() == truth.grads[i].defined());
+      if (!kern.grads[i].defined()) continue;
+      const double ek = rel_rms(kern.grads[i], truth.grads[i]), er = rel_rms(ref.grads[i], truth.grads[i]);
+      k2[i] += ek * ek;
+      r2[i] += er * er;
+      // every parameter's errors in the log: which gradients a precision change moves
+      std::cout << "[gated-delta-kernel] gdn model seed " << seed << " grad " << names[i] << ": kernels " << ek
+                << " reference-autocast " << er << " ratio to single-seed allowed " << ek / std::max(2 * er, 1e-2)
+                << "\n";
+    }
+  }
   double worst_excess = 0;
   std::string worst;
-  const auto names = m->named_parameters().keys();
-  for (size_t i = 0; i < kern.grads.size(); ++i) {
-    REQUIRE(kern.grads[i].defined() == truth.grads[i].defined());
-    if (!kern.grads[i].defined()) continue;
-    const double ek = rel_rms(kern.grads[i], truth.grads[i]), er = rel_rms(ref.grads[i], truth.grads[i]);
+  for (size_t i = 0; i < names.size(); ++i) {
+    const double ek = std::sqrt(k2[i] / seeds), er = std::sqrt(r2[i] / seeds);
     const double excess = ek / std::max(2 * er, 1e-2);
-    // every parameter's errors in the log: which gradients a precision change moves
-    std::cout << "[gated-delta-kernel] gdn model grad " << names[i] << ": kernels " << ek << " reference-autocast "
-              << er << " ratio to allowed " << excess << "\n";
+    std::cout << "[gated-delta-kernel] gdn model pooled grad " << names[i] << ": kernels " << ek
+              << " reference-autocast " << er << " ratio to allowed " << excess << "\n";
     if (excess > worst_excess) worst_excess = excess, worst = names[i];
   }
-  rep.add_value("worst_grad_error_over_allowed", worst_excess, 1.0,
-                subq::str(" (", worst, "; reference-autocast logits error ", e_ref, ")"));
+  rep.add_value("worst_pooled_grad_error_over_allowed", worst_excess, 1.0, subq::str(" (", worst, ")"));
   // decoding through the kernels (prefill + decode steps) equals the full forward through the kernels
   {
     env.set("cuda");
