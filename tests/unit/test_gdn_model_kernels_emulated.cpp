@@ -258,7 +258,8 @@ double pooled_worst(const Pooled& P, const std::string& label, bool print) {
 
 }  // namespace
 
-TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU model case at T 130, 4 seeds)",
+TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels "
+          "(GPU model case at T 130 pooled over 4 seeds)",
           "[ops][gated_delta][kernels][model]") {
   Pooled P;
   for (uint64_t seed = 3; seed <= 6; ++seed) {
@@ -282,7 +283,8 @@ TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU mo
   CHECK(d::gated_delta_override() == nullptr);
 }
 
-TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels (GPU model case, T 300)",
+TEST_CASE("gdn model under bf16 autocast through the emulated v2 kernels "
+          "(GPU model case at T 300 pooled over 4 seeds)",
           "[.study][gated_delta][model]") {
   Pooled P;
   for (uint64_t seed = 3; seed <= 6; ++seed) {
@@ -311,6 +313,27 @@ TEST_CASE("gdn model decay gradients: which part of the op moves them", "[.study
   print_decay(M, truth, ref, run(M, true, values_of_grads_of(R, K)), "reference fwd values, kernel bwd");
   print_decay(M, truth, ref, run(M, true, reference_qk_rounded), "reference on bf16 normalised q/k");
   print_decay(M, truth, ref, run(M, true, reference_fp32), "reference fp32 inside the op");
+  // Conditioning of the decay gradients in truth: A_log's gradient per head is sum_{b,t} dg_t g_t; the ratio
+  // sum |dg_t g_t| / |sum dg_t g_t| says how much a relative error of the per-token terms is amplified.
+  std::vector<Tensor> gs, dgs(nl);
+  auto calls = std::make_shared<int>(0);
+  run(M, false, [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& beta,
+                    const Tensor& s0, const Tensor& reset, const subq::ops::GatedDeltaOptions& o) {
+    const int layer = (*calls)++ % nl;
+    gs.push_back(g.detach().clone());
+    g.register_hook([&dgs, layer](Tensor grad) { dgs[layer] = grad.detach().clone(); });
+    return R(q, k, v, g, beta, s0, reset, o);
+  });
+  for (int l = 0; l < nl; ++l) {
+    const Tensor terms = (dgs[l] * gs[l]).to(torch::kDouble);  // [B, H, T]
+    const std::vector<int64_t> dims{0, 2};
+    const Tensor total = terms.sum(dims), magnitude = terms.abs().sum(dims);
+    for (int64_t h = 0; h < total.size(0); ++h) {
+      const double t = total[h].item<double>(), a = magnitude[h].item<double>();
+      std::printf("[gdn-model-emu] layer %d head %lld: sum dg g %.4g, sum |dg g| %.4g, amplification %.3g\n", l,
+                  static_cast<long long>(h), t, a, a / std::abs(t));
+    }
+  }
 }
 
 // How fragile the GPU test's decay-gradient criterion is: A_log has one element per head (2 here), so its
