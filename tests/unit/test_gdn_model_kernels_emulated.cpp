@@ -6,12 +6,16 @@
 //
 // Three runs as on the GPU: fp32 references (truth), kernels under bf16 autocast, references under bf16
 // autocast; per parameter the gradient error vs truth, with the GPU test's criterion (kernel error <=
-// max(2 x reference-under-autocast error, 1e-2)). torch::manual_seed(3) draws other weights and tokens on the
-// CPU than on CUDA, so the numbers are not the GPU's; the precision regime is.
+// max(2 x reference-under-autocast error, 1e-2)) applied to the RMS over model seeds 3..6 of each error (as
+// the GPU test does now: one seed cannot judge the per-head decay parameters, see "Pooled" below and
+// docs/perf/gated_delta.md). torch::manual_seed draws other weights and tokens on the CPU than on CUDA, so
+// the numbers are not the GPU's; the precision regime is. Seed 3 at T 130 reproduces the GPU's single-seed
+// failure (layer 1's A_log / dt_bias at 1.7x the allowed error).
 //
-// The always-on case is the GPU test's model at T = 130 (under a minute on 2 cores). The GPU's exact shape
-// (T = 300) and the attribution variants (which rounding of the op the decay gradients see) are hidden
-// ([.study]); SUBQ_OPS_TEST_REPORT=1 prints every parameter's errors in the always-on case too.
+// The always-on case is the GPU test's model at T = 130 (~45 s on 2 cores). The GPU's exact shape (T = 300)
+// and the studies (attribution by op variants per layer and direction, the conditioning of the decay
+// gradients, a seed sweep; SUBQ_GDN_MODEL_T / SUBQ_GDN_MODEL_SEEDS) are hidden ([.study]).
+// SUBQ_OPS_TEST_REPORT=1 prints every parameter's errors in the always-on case too.
 #include <torch/torch.h>
 
 #include <ATen/autocast_mode.h>
