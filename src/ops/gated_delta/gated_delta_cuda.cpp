@@ -448,7 +448,7 @@ GatedDeltaResult gated_delta_v2_forward(const GatedDeltaLaunchers& L, const torc
 }
 
 namespace {
-const GatedDeltaOverride* g_override = nullptr;  // test hook, see gated_delta_cuda.h
+const GatedDeltaOverride* g_override = nullptr;  // test hook, see gated_delta_internal.h
 }  // namespace
 
 const GatedDeltaOverride* gated_delta_override() { return g_override; }
@@ -578,7 +578,7 @@ GatedDeltaResult gated_delta_step_cuda(const torch::Tensor& q_t, const torch::Te
 GatedDeltaResult gated_delta(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& initial_state,
                              const torch::Tensor& reset, const GatedDeltaOptions& options) {
-  if (const detail::GatedDeltaOverride* hook = detail::gated_delta_override())  // tests only (gated_delta_cuda.h)
+  if (const detail::GatedDeltaOverride* hook = detail::gated_delta_override())  // tests only (gated_delta_internal.h)
     return (*hook)(q, k, v, g, beta, initial_state, reset, options);
   switch (ops_impl()) {
     case OpsImpl::kReference: return gated_delta_chunkwise(q, k, v, g, beta, initial_state, reset, options);
