@@ -578,7 +578,8 @@ GatedDeltaResult gated_delta_step_cuda(const torch::Tensor& q_t, const torch::Te
 GatedDeltaResult gated_delta(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& initial_state,
                              const torch::Tensor& reset, const GatedDeltaOptions& options) {
-  if (const detail::GatedDeltaOverride* hook = detail::gated_delta_override())  // tests only (gated_delta_internal.h)
+  // test hook (gated_delta_internal.h): null in production
+  if (const detail::GatedDeltaOverride* hook = detail::gated_delta_override())
     return (*hook)(q, k, v, g, beta, initial_state, reset, options);
   switch (ops_impl()) {
     case OpsImpl::kReference: return gated_delta_chunkwise(q, k, v, g, beta, initial_state, reset, options);
