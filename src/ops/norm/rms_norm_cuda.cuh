@@ -32,6 +32,21 @@ __device__ __forceinline__ float round_to(float v) {
   return ck::to_float(ck::from_float<X>(v));
 }
 
+// Gradients of one feature with respect to x (and z) given its values, its output gradient gv, its weight wv,
+// the row's 1/rms r and s = mean(g w n): dh = r (g w - n s), n = h r, h = x silu(z) (or x). Shared by the
+// scalar and the vectorised backward kernels.
+__device__ __forceinline__ void input_grads(float xv, float zv, bool gated, float gv, float wv, float r, float s,
+                                            float& dx, float& dz) {
+  float h = xv, sg = 0.f;
+  if (gated) {
+    sg = sigmoid_(zv);
+    h *= zv * sg;
+  }
+  const float dh = r * (gv * wv - h * r * s);
+  dx = gated ? dh * zv * sg : dh;
+  dz = gated ? dh * xv * sg * (1.f + zv * (1.f - sg)) : 0.f;
+}
+
 template <typename X, typename O>
 __global__ void __launch_bounds__(kThreads) rms_norm_fwd_kernel(const RmsNormArgs a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -98,21 +113,11 @@ __global__ void __launch_bounds__(kThreads) rms_norm_bwd_kernel(const RmsNormArg
     X* dx = static_cast<X*>(a.dx) + base;
     X* dz = a.z ? static_cast<X*>(a.dz) + base : nullptr;
     for (int i = lane; i < dg; i += 32) {
-      const float xv = ck::to_float(x[i]);
-      float h = xv, zv = 0.f, sg = 0.f;
-      if (z) {
-        zv = ck::to_float(z[i]);
-        sg = sigmoid_(zv);
-        h *= zv * sg;
-      }
-      const float n = h * r;
-      const float dh = r * (ck::to_float(g[i]) * a.w[off + i] - n * s);
-      if (z) {
-        dx[i] = ck::from_float<X>(dh * zv * sg);
-        dz[i] = ck::from_float<X>(dh * xv * sg * (1.f + zv * (1.f - sg)));
-      } else {
-        dx[i] = ck::from_float<X>(dh);
-      }
+      float gx, gz;
+      input_grads(ck::to_float(x[i]), z ? ck::to_float(z[i]) : 0.f, z != nullptr, ck::to_float(g[i]), a.w[off + i], r,
+                  s, gx, gz);
+      dx[i] = ck::from_float<X>(gx);
+      if (z) dz[i] = ck::from_float<X>(gz);
     }
   }
   float* part = a.dw_part + (static_cast<int64_t>(blockIdx.x) * kNormWarps + warp) * a.dim + off;
@@ -264,20 +269,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_bwd_vec_kernel(const RmsNor
         load8(a.w + off + 8 * p, wv);
         if (z) load8(z + 8 * p, zv);
         SUBQ_UNROLL
-        for (int e = 0; e < 8; ++e) {
-          float h = xv[e], sg = 0.f;
-          if (z) {
-            sg = sigmoid_(zv[e]);
-            h *= zv[e] * sg;
-          }
-          const float dh = r * (gv[e] * wv[e] - h * r * s);
-          if (z) {
-            ox[e] = dh * zv[e] * sg;
-            oz[e] = dh * xv[e] * sg * (1.f + zv[e] * (1.f - sg));
-          } else {
-            ox[e] = dh;
-          }
-        }
+        for (int e = 0; e < 8; ++e) input_grads(xv[e], z ? zv[e] : 0.f, z != nullptr, gv[e], wv[e], r, s, ox[e], oz[e]);
         store8(dx + 8 * p, ox);
         if (z) store8(dz + 8 * p, oz);
       }
