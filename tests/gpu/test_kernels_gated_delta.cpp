@@ -24,6 +24,7 @@
 
 #include <torch/torch.h>
 
+#include "gdn_model_case.h"
 #include "op_testing.h"
 #include "subq/core/device.h"
 #include "ops/gated_delta/gated_delta_cuda.h"
@@ -347,17 +348,7 @@ TEST_CASE("gated_delta kernels keep packed documents apart", "[gpu][gated_delta]
 TEST_CASE("gdn model under bf16 autocast: kernels vs references (loss, gradients, decoding)", "[gpu][gated_delta][gdn]") {
   const std::string why = why_skip();
   if (!why.empty()) SUBQ_SKIP("Gated DeltaNet kernels cannot run here: " << why);
-  subq::models::ModelConfig c;
-  c.arch = "gdn";
-  c.vocab_size = 301;
-  c.d_model = 128;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.d_ff = 256;
-  c.init_std = 0.05;
-  c.gdn.head_dim = 64;
-  c.gdn.expand_v = 2.0;  // Dk 64, Dv 128
-  c.gdn.allow_neg_eigval = true;
+  const subq::models::ModelConfig c = subq::test::gdn_model_case_config();
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
   subq::test::OpsImplEnv env;
   struct Out {

@@ -41,6 +41,7 @@
 
 #if defined(SUBQ_WITH_CUDA)
 #include "emu/gdn_v2_emu_launchers.h"
+#include "gdn_model_case.h"
 
 namespace {
 
@@ -63,19 +64,9 @@ struct Model {
 // The GPU test's model and inputs (same config and seed), on the CPU, T tokens per row.
 Model gpu_case_model(int64_t T, uint64_t seed = 3) {
   Model r;
-  auto& c = r.cfg;
-  c.arch = "gdn";
-  c.vocab_size = 301;
-  c.d_model = 128;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.d_ff = 256;
-  c.init_std = 0.05;
-  c.gdn.head_dim = 64;
-  c.gdn.expand_v = 2.0;  // Dk 64, Dv 128
-  c.gdn.allow_neg_eigval = true;
+  r.cfg = subq::test::gdn_model_case_config();
   torch::manual_seed(seed);
-  r.m = subq::models::create_model(c);
+  r.m = subq::models::create_model(r.cfg);
   r.tok = torch::randint(0, 301, {2, T}, torch::TensorOptions().dtype(torch::kInt64));
   r.doc = torch::zeros({2, T}, torch::TensorOptions().dtype(torch::kBool));
   r.doc.index_put_({0, std::min<int64_t>(100, T - 1)}, true);
