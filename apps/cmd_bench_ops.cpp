@@ -1,5 +1,5 @@
 // cmd_bench_ops.cpp — `subq bench ops [--op NAME ...] [--impl reference|cuda ...] [--shape B,T,H,D ...]
-// [--dtype bf16] [--iters N] [--warmup N] [--out bench/results/X.json]`: forward and forward+backward
+// [--dtype bf16] [--iters N] [--warmup N] [--profile N] [--out bench/results/X.json]`: forward and forward+backward
 // times of the recurrence ops beside the roofline floor measured on this machine (ops/bench_ops.h).
 // Defaults are issue 6's shapes (B8 T4096 H16 D128 and B2 T16384 H16 D128, bf16). The result JSON goes
 // to stdout and, with --out, to a file (atomically; parent directories created).
@@ -19,7 +19,7 @@ void add_bench_ops_command(CLI::App& app, Context& ctx) {
   struct Opts {
     std::vector<std::string> ops, impls, shapes;
     std::string device = "auto", dtype = "bf16", out;
-    int64_t iters = 20, warmup = 3, pool = 4, chunk = 0;
+    int64_t iters = 20, warmup = 3, pool = 4, chunk = 0, profile = 0;
     bool no_backward = false;
   };
   static Opts o;
@@ -33,6 +33,10 @@ void add_bench_ops_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--warmup", o.warmup, "untimed calls first")->capture_default_str();
   cmd->add_option("--pool", o.pool, "fresh input sets cycled through")->capture_default_str();
   cmd->add_flag("--no-backward", o.no_backward, "time the forward only");
+  cmd->add_option("--profile", o.profile,
+                  "also profile one more call per entry and keep its top N kernels (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("-o,--out", o.out, "also write the result JSON here (e.g. bench/results/ops-h200.json)");
   cmd->callback([&ctx] {
     ctx.action = [&ctx] {
@@ -50,6 +54,7 @@ void add_bench_ops_command(CLI::App& app, Context& ctx) {
       bo.warmup = o.warmup;
       bo.pool = o.pool;
       bo.backward = !o.no_backward;
+      bo.profile_top = o.profile;
       bo.argv = ctx.argv;
       nlohmann::json r = ops::bench_ops(bo);
       const std::string text = r.dump(2) + "\n";

@@ -5,6 +5,7 @@
 #   SUBQ_BUILD_TYPE  Release (default), RelWithDebInfo, Debug
 #   SUBQ_CMAKE_ARGS  extra CMake arguments, e.g. "-DSUBQ_CUDA=OFF"
 #   SUBQ_JOBS        parallel jobs (default: number of cores)
+#   SUBQ_BUILD_TARGETS  build only these targets (e.g. "subq" for a quick benchmark build; default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SUBQ_NO_SETUP:-0}" = 1 ] || scripts/setup.sh
@@ -18,5 +19,6 @@ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${SUBQ_BUILD_TYPE:-Relea
       -DPython3_EXECUTABLE="$(command -v "$PY")" ${SUBQ_CMAKE_ARGS:-} > "$BUILD_DIR.configure.log" 2>&1 \
   || { cat "$BUILD_DIR.configure.log"; echo "[build] cmake configure failed (log above)" >&2; exit 1; }
 grep -E "^-- subq:" "$BUILD_DIR.configure.log" || true
-cmake --build "$BUILD_DIR" -j "${SUBQ_JOBS:-$(nproc)}"
+# shellcheck disable=SC2086
+cmake --build "$BUILD_DIR" -j "${SUBQ_JOBS:-$(nproc)}" ${SUBQ_BUILD_TARGETS:+--target $SUBQ_BUILD_TARGETS}
 echo "[build] ok: $BUILD_DIR/apps/subq"

@@ -40,6 +40,7 @@
 #include "subq/ops/gated_delta.h"
 #include "subq/ops/mlstm.h"
 #include "subq/ops/ssd.h"
+#include "subq/train/profile.h"
 
 namespace subq::ops {
 
@@ -382,6 +383,21 @@ nlohmann::json bench_ops(const BenchOpsOptions& o) {
           r["peak_allocated_gib"] = static_cast<double>(st.allocated_bytes[agg].peak) / (1024.0 * 1024.0 * 1024.0);
         }
         log::info(line);
+        if (o.profile_top > 0) {
+          // one warm call, not timed: what each kernel of it costs (device time summed by kernel name)
+          train::StepProfiler prof;
+          prof.start();
+          if (o.backward)
+            fwd_bwd(o.iters);
+          else
+            fwd(o.iters);
+          nlohmann::json p = prof.stop(o.profile_top);
+          p["note"] = o.backward ? "kernels of one forward+backward call (device time per kernel name)"
+                                 : "kernels of one forward call (device time per kernel name)";
+          log::info(str("profile of one ", o.backward ? "fwd+bwd" : "fwd", " call: ", op, " [", impl, "] ", shape.str()));
+          train::log_profile(p);
+          r["profile"] = p;
+        }
         results.push_back(r);
       }
     }
@@ -401,7 +417,8 @@ nlohmann::json bench_ops(const BenchOpsOptions& o) {
                    {"matmul_tflops", m.matmul_tflops},
                    {"matmul_dtype", m.matmul_dtype},
                    {"matmul_n", m.matmul_n}};
-  j["options"] = {{"iters", o.iters}, {"warmup", o.warmup}, {"pool", o.pool}, {"backward", o.backward}};
+  j["options"] = {
+      {"iters", o.iters}, {"warmup", o.warmup}, {"pool", o.pool}, {"backward", o.backward}, {"profile_top", o.profile_top}};
   j["results"] = results;
   return j;
 }

@@ -50,6 +50,31 @@ TEST_CASE("bench ops times every op at a tiny shape on the CPU", "[bench]") {
   CHECK(skipped == 4);
 }
 
+TEST_CASE("bench ops --profile adds the profiled call's breakdown to each entry", "[bench]") {
+  subq::ops::BenchOpsOptions o;
+  o.ops = {"mlstm"};
+  o.shapes = {{1, 32, 2, 8}};
+  o.device = "cpu";
+  o.dtype = "fp32";
+  o.iters = 1;
+  o.warmup = 0;
+  o.pool = 1;
+  o.chunk_size = 16;
+  o.profile_top = 4;
+  auto r = subq::ops::bench_ops(o);
+  INFO(r.dump(2));
+  CHECK(r["options"]["profile_top"] == 4);
+  REQUIRE(r["results"].size() == 1);
+  const auto& p = r["results"][0]["profile"];
+  CHECK(p["cuda_activity"] == false);
+  CHECK(p["wall_ms"].get<double>() > 0);
+  // the CPU operators of one forward+backward call: at most `top`, the first one taking time
+  REQUIRE(p["cpu_ops"].size() >= 1);
+  CHECK(p["cpu_ops"].size() <= 4);
+  CHECK(p["cpu_ops"][0]["ms"].get<double>() > 0);
+  CHECK(p["note"].get<std::string>().find("forward+backward") != std::string::npos);
+}
+
 TEST_CASE("bench ops rejects bad shapes and names", "[bench]") {
   CHECK_THROWS_AS(subq::ops::parse_op_shape("8,4096,16"), subq::UsageError);
   CHECK_THROWS_AS(subq::ops::parse_op_shape("8,4096,x,128"), subq::UsageError);

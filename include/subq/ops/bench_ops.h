@@ -20,6 +20,9 @@
 // "reference" (the chunkwise LibTorch-ops form, src/ops/<op>/reference_chunkwise.cpp) and, where a
 // custom kernel for the device exists, "cuda" (ssd: subq::ops::ssd_cuda, chunk 64, reported as such; the
 // other ops and unsupported shapes/dtypes/devices are reported as skipped with the reason).
+//
+// profile_top > 0 adds a per-kernel breakdown: one extra untimed call under LibTorch's profiler, its
+// kernels summed by name (what each of a fused op's kernels costs at the benchmark's shape).
 #pragma once
 
 #include <cstdint>
@@ -47,6 +50,9 @@ struct BenchOpsOptions {
   int64_t chunk_size = 0;       // 0 = each op's default (64; ssd 64 too: the reference's default)
   int64_t iters = 20, warmup = 3, pool = 4;
   bool backward = true;         // also time forward+backward
+  int64_t profile_top = 0;      // > 0: one more call (fwd+bwd, or fwd with backward = false) after the timed
+                                // ones runs under the profiler (train/profile.h); its top kernels by device
+                                // time go into the entry's "profile" and the log
   std::vector<std::string> argv;  // the command, recorded in the result
 };
 
