@@ -35,6 +35,7 @@ namespace kf = subq::ops::detail::gdn_v2;
 namespace kb = subq::ops::detail::gdn_v2_bwd;
 
 inline emu::Options g_opt;  // thread order / copy timing of the emulated v2 launches
+inline int g_sm_count = 0;  // what the emulated table reports as the device's SM count (0: unknown)
 
 inline void fill_nan32(float* p, int64_t n) { std::fill(p, p + n, std::numeric_limits<float>::quiet_NaN()); }
 // NaN in the operand dtype (bf16 0x7fc0, fp16 0x7e00).
@@ -129,8 +130,8 @@ inline void check_bwd_args(const d::GdnV2BwdArgs& a, d::GdnKernelDtype dt, void*
   if (!e.empty()) throw std::runtime_error("emulated launcher: " + e);
   if (a.chunks != (a.time + 63) / 64 || a.key_slices != a.key_dim / 64)
     throw std::runtime_error("emulated launcher: bad chunking");
-  if (a.x_blocks != 2 * (a.value_dim / d::gdn_v2_scan_bwd_rows(a.key_dim, a.value_dim)))
-    throw std::runtime_error("emulated launcher: bad x_blocks");
+  if (!d::gdn_v2_scan_bwd_rows_ok(a.key_dim, a.value_dim, a.scan_rows) || a.x_blocks != 2 * (a.value_dim / a.scan_rows))
+    throw std::runtime_error("emulated launcher: bad scan_rows / x_blocks");
 }
 inline void v2_scan_bwd(const d::GdnV2BwdArgs& a, d::GdnKernelDtype dt, void* stream) {
   check_bwd_args(a, dt, stream);
@@ -139,7 +140,7 @@ inline void v2_scan_bwd(const d::GdnV2BwdArgs& a, d::GdnKernelDtype dt, void* st
   fill_nan16(a.du, bh * T * dv, dt);
   fill_nan32(a.ds0, bh * dv * dk);
   fill_nan32(a.x_part, int64_t{a.x_blocks} * bh * nc * 64);
-  const int bv = d::gdn_v2_scan_bwd_rows(a.key_dim, a.value_dim);
+  const int bv = a.scan_rows;
   by_type(dt, [&](auto tag) {
     using T_ = decltype(tag);
     by_dk(a.key_dim, [&](auto dkc) {
@@ -230,6 +231,7 @@ inline d::GatedDeltaLaunchers make_table() {
   t.v2_scan_bwd = &v2_scan_bwd;
   t.v2_chunk_bwd = &v2_chunk_bwd;
   t.v2_wy_bwd = &v2_wy_bwd;
+  t.v2_sm_count = [](void*) { return g_sm_count; };
   return t;
 }
 inline const d::GatedDeltaLaunchers kEmulated = make_table();

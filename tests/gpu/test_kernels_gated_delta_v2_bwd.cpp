@@ -122,6 +122,10 @@ TEST_CASE("gated delta v2 backward kernels vs autograd of the reference (GPU)", 
   run_case(mk(1, 2, 300, 256, 64, "reset"));
   run_case(mk(1, 2, 300, 64, 256, "init reset o-only"));
   run_case(mk(1, 2, 300, 128, 128, "init neg final-only"));
+  // enough (b, h) pairs for the wide scan tiles on a 132-SM H200 (the cases above take the 32-row tile
+  // wherever the wide one would leave more than half the SMs idle: gdn_v2_scan_bwd_rows)
+  run_case(mk(4, 20, 130, 128, 128, "init reset"));
+  run_case(mk(1, 12, 200, 256, 512, "init reset neg"));
 }
 
 TEST_CASE("gated delta v2 backward at the target shape: time (printed, not asserted) (GPU)", "[gpu][gated_delta][v2]") {

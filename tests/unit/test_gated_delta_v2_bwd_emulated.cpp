@@ -472,6 +472,23 @@ TEST_CASE("gated delta v2 backward, Dk = 256 (CPU emulation)", "[ops][gated_delt
   run_case(make_case(1, 1, 70, 256, 512, "init reset"), 0);         // the 340M config's heads: 8 scan blocks
 }
 
+TEST_CASE("gated delta v2 backward: the narrow scan tile chosen for few (b, h) pairs (CPU emulation)",
+          "[ops][gated_delta][kernels][v2]") {
+  // the glue's choice: with a 132-SM device, B*H = 2 and Dv = 128 leave the 128-row tile 130 SMs idle
+  CHECK(subq::ops::detail::gdn_v2_scan_bwd_rows(128, 128, 2, 132) == 32);
+  CHECK(subq::ops::detail::gdn_v2_scan_bwd_rows(128, 128, 128, 132) == 128);  // B8 H16: one wave of 128 blocks
+  CHECK(subq::ops::detail::gdn_v2_scan_bwd_rows(128, 128, 32, 132) == 32);    // B2 H16
+  CHECK(subq::ops::detail::gdn_v2_scan_bwd_rows(256, 512, 16, 132) == 64);    // the 340M config (B2 H8)
+  CHECK(subq::ops::detail::gdn_v2_scan_bwd_rows(128, 128, 2, 0) == 128);      // SM count unknown: the wide tile
+  CHECK(subq::ops::detail::gdn_v2_scan_bwd_rows(64, 96, 500, 132) == 32);     // Dv not a multiple of 128
+  struct Restore {
+    ~Restore() { subq::test::gdn_v2_emu::g_sm_count = 0; }
+  } restore;
+  subq::test::gdn_v2_emu::g_sm_count = 132;
+  run_case(make_case(1, 2, 200, 128, 128, "init reset"), 0);  // scan tile 32 at Dk 128 (4 blocks per head)
+  run_case(make_case(1, 1, 100, 256, 128, "init reset neg"), 1);  // scan tile 32 at Dk 256
+}
+
 TEST_CASE("gated delta v2 backward, several scan blocks per head (CPU emulation)", "[ops][gated_delta][kernels][v2]") {
   run_case(make_case(1, 1, 80, 64, 256, "reset fp16"), 1);          // Dk 64, two 128-row scan blocks
 }

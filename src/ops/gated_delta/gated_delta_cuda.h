@@ -147,7 +147,8 @@ struct GdnV2BwdArgs {
   float* ds0 = nullptr;            // [BH, Dv, Dk]
   float* x_part = nullptr;         // [x_blocks, BH, nc * 64]: per scan block (value rows), x_s = <U_s G, K_s>
                                    // with G in fp32 (hi + lo operand split), the decay chain's K_end term
-  int x_blocks = 0;                // Dv / (scan_bwd's value rows per block)
+  int scan_rows = 0;               // scan_bwd's value rows per block (gdn_v2_scan_bwd_rows(), chosen by the glue)
+  int x_blocks = 0;                // 2 * Dv / scan_rows
   // chunk_bwd outputs
   void* dq = nullptr;              // [BH, T, Dk] T (final)
   float* dk_part = nullptr;        // [BH, T, Dk]: output and K_end terms of dk
@@ -160,11 +161,21 @@ struct GdnV2BwdArgs {
   float* dbeta = nullptr;          // [BH, T]
 };
 // Value rows per scan_bwd block: the widest tile that divides Dv and fits shared memory with the key dim
-// (128 for Dk <= 128, 64 for Dk = 256; 32 otherwise). Shared by the launcher, the glue (x_part's size) and
-// the emulated tests.
-inline int gdn_v2_scan_bwd_rows(int dk, int dv) {
+// (128 for Dk <= 128, 64 for Dk = 256), else 32. The scan is sequential over chunks with one block per SM,
+// so when the wide tile would leave more than half of the device's `sms` multiprocessors idle (few
+// batch x head pairs, e.g. B2 H16: 32 blocks on 132 SMs) the 32-row tile runs instead: 2-4x the blocks,
+// each with a shorter per-chunk chain. sms = 0 (unknown, or a CPU test): the wide tile. The glue chooses
+// (GdnV2BwdArgs::scan_rows, x_part's size); the launchers and the emulated tests take its choice.
+inline int gdn_v2_scan_bwd_rows(int dk, int dv, int64_t bh = 0, int sms = 0) {
   const int wide = dk <= 128 ? 128 : 64;
-  return dv % wide == 0 ? wide : 32;
+  if (dv % wide != 0) return 32;
+  if (sms > 0 && 2 * (dv / wide) * bh <= sms) return 32;
+  return wide;
+}
+// Whether `rows` is a scan_bwd tile the launchers have for (dk, dv): the wide one or 32, dividing Dv.
+inline bool gdn_v2_scan_bwd_rows_ok(int dk, int dv, int rows) {
+  const int wide = dk <= 128 ? 128 : 64;
+  return (rows == 32 || rows == wide) && dv % rows == 0;
 }
 // ---- end gdnbwd ------------------------------------------------------------------------------------------
 
@@ -188,6 +199,8 @@ struct GatedDeltaLaunchers {
   void (*v2_scan_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
   void (*v2_chunk_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
   void (*v2_wy_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
+  // multiprocessors of the device `stream` runs on (the scan_bwd tile choice); null: unknown (0)
+  int (*v2_sm_count)(void* stream) = nullptr;
   // end gdnbwd
 };
 

@@ -81,8 +81,11 @@ GdnV2Grads gated_delta_v2_backward(const GatedDeltaLaunchers& L, const GdnV2Save
   Tensor dk_part = torch::empty({B, H, T, dk}, f32);
   Tensor dw = torch::empty({B, H, T, dk}, opt);
   Tensor dgc_part = torch::empty({slices, B * H, nc * 64}, f32);
-  // two partials (value column halves) per scan_bwd block
-  const int64_t x_blocks = 2 * (dv / gdn_v2_scan_bwd_rows(static_cast<int>(dk), static_cast<int>(dv)));
+  void* stream = glue::stream_of(s.q);
+  // scan_bwd's tile (by the device's SM count), two partials (value column halves) per scan_bwd block
+  const int scan_rows =
+      gdn_v2_scan_bwd_rows(static_cast<int>(dk), static_cast<int>(dv), B * H, L.v2_sm_count ? L.v2_sm_count(stream) : 0);
+  const int64_t x_blocks = 2 * (dv / scan_rows);
   Tensor x_part = torch::empty({x_blocks, B * H, nc * 64}, f32);
   Tensor dK = torch::empty({B, H, T, dk}, opt);
   Tensor dV = torch::empty({B, H, T, dv}, opt);
@@ -113,6 +116,7 @@ GdnV2Grads gated_delta_v2_backward(const GatedDeltaLaunchers& L, const GdnV2Save
   a.du = du.data_ptr();
   a.ds0 = ds0.data_ptr<float>();
   a.x_part = x_part.data_ptr<float>();
+  a.scan_rows = scan_rows;
   a.x_blocks = static_cast<int>(x_blocks);
   a.dq = dq.data_ptr();
   a.dk_part = dk_part.data_ptr<float>();
@@ -123,7 +127,6 @@ GdnV2Grads gated_delta_v2_backward(const GatedDeltaLaunchers& L, const GdnV2Save
   a.dg = dg.data_ptr<float>();
   a.dbeta = dbeta.data_ptr<float>();
 
-  void* stream = glue::stream_of(s.q);
   L.v2_scan_bwd(a, kd, stream);
   L.v2_chunk_bwd(a, kd, stream);
   L.v2_wy_bwd(a, kd, stream);

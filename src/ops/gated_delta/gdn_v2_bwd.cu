@@ -46,6 +46,16 @@ void check_args(const GdnV2BwdArgs& a, const char* what) {
   SUBQ_CHECK(a.time >= 1 && a.chunks == (a.time + kChunk - 1) / kChunk && a.chunks <= 65535, "gated_delta v2 ", what,
              ": bad chunking (T = ", a.time, ", at most 65535 chunks of 64)");
   SUBQ_CHECK(a.key_slices == a.key_dim / kKSlice, "gated_delta v2 ", what, ": key_slices must be Dk / 64");
+  SUBQ_CHECK(gdn_v2_scan_bwd_rows_ok(a.key_dim, a.value_dim, a.scan_rows) && a.x_blocks == 2 * (a.value_dim / a.scan_rows),
+             "gated_delta v2 ", what, ": scan_rows = ", a.scan_rows, ", x_blocks = ", a.x_blocks,
+             " do not match a scan_bwd tile for Dk = ", a.key_dim, ", Dv = ", a.value_dim);
+}
+
+int v2_sm_count(void*) {
+  int device = 0, sms = 0;
+  SUBQ_CUDA_CHECK(cudaGetDevice(&device));
+  SUBQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
 }
 
 template <typename T, int DK, int BV>
@@ -61,7 +71,7 @@ void launch_scan(const GdnV2BwdArgs& a, cudaStream_t s) {
 
 template <typename T>
 void scan_t(const GdnV2BwdArgs& a, cudaStream_t s) {
-  const int bv = gdn_v2_scan_bwd_rows(a.key_dim, a.value_dim);
+  const int bv = a.scan_rows;
   switch (a.key_dim) {
     case 64: bv == 128 ? launch_scan<T, 64, 128>(a, s) : launch_scan<T, 64, 32>(a, s); break;
     case 128: bv == 128 ? launch_scan<T, 128, 128>(a, s) : launch_scan<T, 128, 32>(a, s); break;
@@ -133,6 +143,7 @@ void v2_wy_bwd(const GdnV2BwdArgs& a, GdnKernelDtype dtype, void* stream) { by_d
 }  // namespace
 
 void set_gdn_v2_bwd_launchers(GatedDeltaLaunchers& t) {
+  t.v2_sm_count = &v2_sm_count;
   t.v2_scan_bwd = &v2_scan_bwd;
   t.v2_chunk_bwd = &v2_chunk_bwd;
   t.v2_wy_bwd = &v2_wy_bwd;

@@ -19,8 +19,12 @@
 //    place of k and v, weights a_t / sqrt(Dk) / den_t for dC and a_t / sqrt(Dk) dqn_t for dn (the gradients
 //    of num_t and qn_t flowing into the state entering the chunk), the carried factor exp(g_63 - m_63)
 //    as in the forward, m of the state entering each chunk read from the forward's m_states.
-//  * Same pipeline as the SSD scan: three cp.async stages (k tile, v tile, gates, reset flags), k scaled by
-//    the weights in shared memory, states staged through shared memory for 16-byte stores.
+//  * Same pipeline as the SSD scan: two cp.async stages (k tile, v tile, gates, reset flags), k scaled by
+//    the weights in shared memory, states staged through shared memory for 16-byte stores. One staging tile
+//    serves the stored state, its residual and the weighted k rows' residual in turn (two more barriers per
+//    chunk when the residuals are on), so four blocks fit on an SM (49 KB; registers capped at 128): v1.1's
+//    three stages and three tiles (87 KB, two blocks per SM) ran the 512 blocks of B8 H16 Dk = Dv = 128 in
+//    two waves (docs/perf/mlstm.md, "Scan occupancy").
 #include <cuda_runtime.h>
 
 

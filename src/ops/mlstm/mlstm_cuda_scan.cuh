@@ -12,7 +12,11 @@ namespace subq::ops::detail::mlstm_kernels {
 using ck::kChunk;
 
 constexpr int kScanThreads = 128;
-constexpr int kScanStages = 3;
+// Two cp.async stages and one staging tile (49 KB of shared memory): four blocks share an SM, so the 512
+// blocks of B8 H16 Dk = Dv = 128 run in one wave on 132 SMs (v1.1's three stages and three tiles: 87 KB,
+// two blocks per SM, two waves).
+constexpr int kScanStages = 2;
+constexpr int kScanBlocksPerSm = 4;
 constexpr int kTile = 64;
 constexpr int kTilePitch = ck::pitch_of(kTile);
 
@@ -29,18 +33,22 @@ struct ScanStage {
 
 template <typename T>
 constexpr size_t scan_smem_bytes() {
-  return kScanStages * sizeof(ScanStage<T>) + 3 * kTile * kTilePitch * sizeof(T) + (2 * kChunk + 4) * sizeof(float);
+  return kScanStages * sizeof(ScanStage<T>) + kTile * kTilePitch * sizeof(T) + (2 * kChunk + 4) * sizeof(float);
 }
+// 228 KB of shared memory per SM on sm_90, 1 KB of it reserved per block
+static_assert(kScanBlocksPerSm * (scan_smem_bytes<__nv_bfloat16>() + 1024) <= 228 * 1024,
+              "the scan's shared memory no longer lets kScanBlocksPerSm blocks share an SM");
 
 // kReverse = false: the state scan; true: the state-gradient scan of the backward (see MlstmScanArgs).
 template <typename T, bool kReverse>
-__global__ void __launch_bounds__(kScanThreads) mlstm_scan_kernel(const MlstmScanArgs a) {
+__global__ void __launch_bounds__(kScanThreads, kScanBlocksPerSm) mlstm_scan_kernel(const MlstmScanArgs a) {
   SUBQ_DYNAMIC_SMEM(smem);
   auto* stages = reinterpret_cast<ScanStage<T>*>(smem);
-  T* out_tile = reinterpret_cast<T*>(smem + kScanStages * sizeof(ScanStage<T>));
-  T* k_lo = out_tile + kTile * kTilePitch;  // split_weights: the rounding residual of the weighted k rows
-  T* out_lo = k_lo + kTile * kTilePitch;    // c_states_lo: the rounding residual of the stored state
-  float* wts = reinterpret_cast<float*>(out_lo + kTile * kTilePitch);
+  // one staging tile, used in turn for: the state entering the chunk (rounded) on its way to c_states, its
+  // rounding residual on its way to c_states_lo, the rounding residual of the weighted k rows (split_weights)
+  T* tile = reinterpret_cast<T*>(smem + kScanStages * sizeof(ScanStage<T>));
+  T* k_lo = tile;
+  float* wts = reinterpret_cast<float*>(tile + kTile * kTilePitch);
   float* nwts = wts + kChunk;  // weights of the n update (forward: = wts)
   float* scal = nwts + kChunk;  // [0] weight of the carried state, [1] the new stabiliser
 
@@ -121,14 +129,7 @@ SUBQ_UNROLL
         scal[1] = gt.m_last;
       }
     }
-    ck::store_frag<T>(out_tile, kTilePitch, acc, m0, 0);  // C entering chunk c
-    if (a.c_states_lo) {
-      float lo[8][4];
-      ck::for_each_frag<8>(m0, 0, [&](int j, int e, int, int) {
-        lo[j][e] = acc[j][e] - ck::to_float(ck::from_float<T>(acc[j][e]));
-      });
-      ck::store_frag<T>(out_lo, kTilePitch, lo, m0, 0);
-    }
+    ck::store_frag<T>(tile, kTilePitch, acc, m0, 0);  // C entering chunk c
     if (owns_n && tid < kTile) a.n_states[(bh * nc + c) * Dk + kt * kTile + tid] = n_reg;
     if (owns_m && tid == 0) a.m_states[bh * nc + c] = m;
     __syncthreads();
@@ -140,7 +141,20 @@ SUBQ_UNROLL
       for (int s = 0; s < kChunk; ++s) acc_n += nwts[s] * ck::to_float(st.k[s * kTilePitch + tid]);
       n_reg = acc_n;
     }
-    __syncthreads();  // the raw k tile has been read
+    const int64_t state_at = ((bh * nc + c) * Dk + kt * kTile) * Dv + vt * kTile;
+    ck::store_tile<T, kTile, kTile, kScanThreads>(c_states + state_at, Dv, tile, kTilePitch, kTile);
+    __syncthreads();  // the raw k tile and the staged state have been read
+    if (a.c_states_lo) {
+      float lo[8][4];
+      ck::for_each_frag<8>(m0, 0, [&](int j, int e, int, int) {
+        lo[j][e] = acc[j][e] - ck::to_float(ck::from_float<T>(acc[j][e]));
+      });
+      ck::store_frag<T>(tile, kTilePitch, lo, m0, 0);
+      __syncthreads();
+      ck::store_tile<T, kTile, kTile, kScanThreads>(static_cast<T*>(a.c_states_lo) + state_at, Dv, tile, kTilePitch,
+                                                    kTile);
+      __syncthreads();  // the staged residual has been read
+    }
 
     if (a.split_weights) {  // w o k = hi + lo, both rounded: hi in place, lo beside it
       for (int e = tid; e < kChunk * kTile / 2; e += kScanThreads) {
@@ -154,12 +168,6 @@ SUBQ_UNROLL
     } else {
       ck::scale_tile_rows<T, kChunk, kTile, kScanThreads>(st.k, kTilePitch, wts);
     }
-    ck::store_tile<T, kTile, kTile, kScanThreads>(c_states + ((bh * nc + c) * Dk + kt * kTile) * Dv + vt * kTile, Dv,
-                                                  out_tile, kTilePitch, kTile);
-    if (a.c_states_lo)
-      ck::store_tile<T, kTile, kTile, kScanThreads>(
-          static_cast<T*>(a.c_states_lo) + ((bh * nc + c) * Dk + kt * kTile) * Dv + vt * kTile, Dv, out_lo, kTilePitch,
-          kTile);
     __syncthreads();
 
     ck::scale_rows(acc, w_prev, w_prev);

@@ -14,8 +14,11 @@
 //  * Grid (P/64 * N/64, H, B), 4 warps; warp w owns state rows 16w..16w+15 and all 64 columns (32 fp32
 //    registers). Splitting N as well as P doubles the blocks at no extra work (each state column depends
 //    only on its own B column), which matters because the chunk loop is sequential.
-//  * Three-stage cp.async pipeline (U tile, V tile, dt, reset flags per stage, 18.5 KB each; 66 KB in
-//    all, so three blocks fit on an SM): the loads of chunks c+1, c+2 overlap the work of chunk c.
+//  * Two-stage cp.async pipeline (U tile, V tile, dt, reset flags per stage, 18.5 KB each; 47 KB in all,
+//    so four blocks fit on an SM, and the register budget is capped at 128 per thread to match): the load
+//    of chunk c+1 overlaps the work of chunk c. Three stages (66 KB, three blocks per SM) made the 512
+//    blocks of B8 H16 P = N = 128 run in two waves: 0.26 ms per scan on the H200 where one wave of
+//    64 chunk steps takes ~0.13 ms (docs/perf/ssd.md, "Scan occupancy").
 //  * U is scaled by the weights in shared memory (rounded back to the operand dtype) rather than in the
 //    fragments: one vectorised pass, and the mma loop stays generic.
 //  * The stored states go through a shared staging tile so that global stores are 16-byte vectors.

@@ -11,7 +11,10 @@ namespace subq::ops::detail::ssd_kernels {
 using ck::kChunk;
 
 constexpr int kScanThreads = 128;
-constexpr int kScanStages = 3;
+// Two cp.async stages (not three): 47 KB of shared memory, so four blocks share an SM and the 512 blocks of
+// B8 H16 P = N = 128 run in one wave on 132 SMs (three stages: 66 KB, three blocks per SM, two waves).
+constexpr int kScanStages = 2;
+constexpr int kScanBlocksPerSm = 4;
 constexpr int kTile = 64;
 constexpr int kTilePitch = ck::pitch_of(kTile);
 
@@ -27,9 +30,12 @@ template <typename T>
 constexpr size_t scan_smem_bytes() {
   return kScanStages * sizeof(ScanStage<T>) + kTile * kTilePitch * sizeof(T) + (kChunk + 4) * sizeof(float);
 }
+// 228 KB of shared memory per SM on sm_90, 1 KB of it reserved per block
+static_assert(kScanBlocksPerSm * (scan_smem_bytes<__nv_bfloat16>() + 1024) <= 228 * 1024,
+              "the scan's shared memory no longer lets kScanBlocksPerSm blocks share an SM");
 
 template <typename T, bool kReverse>
-__global__ void __launch_bounds__(kScanThreads) ssd_scan_kernel(const SsdScanArgs a) {
+__global__ void __launch_bounds__(kScanThreads, kScanBlocksPerSm) ssd_scan_kernel(const SsdScanArgs a) {
   SUBQ_DYNAMIC_SMEM(smem);
   auto* stages = reinterpret_cast<ScanStage<T>*>(smem);
   T* out_tile = reinterpret_cast<T*>(smem + kScanStages * sizeof(ScanStage<T>));
