@@ -20,11 +20,16 @@
 //  * One block per (chunk, head, batch), 8 warps (16 x 32 of every 64 x 64 tile each); q, k, v, dh of the
 //    chunk stay in shared memory; S / den and G / sqrt(Dk) are formed in registers in the fragment positions
 //    of q k^T and dh v^T and stored once in bf16 as mma operands; P is reduced in fp32 (row and column sums).
-//  * dq and dk are produced per 64-wide slice of Dk (rows of C_p and dC_out streamed in, Dv-deep products),
+//  * dq and dk are produced per 64-wide slice of Dk (rows of C_p, C_lo, then dC_out streamed through one
+//    shared tile, Dv-deep products; <C_p, dC_out> reads C_p and C_lo again from L2 while dC_out is resident),
 //    dv per 64-wide slice of Dv (a column slice of dC_out); the row dots Pa and Pb come from the same
 //    accumulators (q . (C_p dh) = rowdot(dh C_p^T, q), k . (dC_out v) = rowdot(v dC_out^T, k)).
 //  * Outputs are written straight from the fragments (bf16 pairs): no staging tile, which keeps the
 //    Dk = Dv = 256 case inside 227 KB of shared memory (224 KB).
+//  * Two blocks per SM at Dk = Dv = 128 (111 KB of shared memory, registers capped at 128): the loads are
+//    synchronous (cp.async + wait), so a second resident block is what overlaps one block's loads with the
+//    other's mma work. With two tiles for C_p and dC_out (v1.1, 127 KB) one block fit: 1.57 ms at B8 T4096
+//    H16 on the H200 (docs/perf/mlstm.md, "Occupancy").
 //  * No atomics; every output element is written by exactly one block: deterministic.
 //  * Also here: the per-token pre-pass (mlstm_prep_kernel; inv_den, dqn and dh . h from the fp32 h, i.e. the
 //    forward's h plus its saved rounding residual), one warp per token: it reads dh, h and the residual once
@@ -46,6 +51,8 @@ template <typename T, int DK, int DV>
 void launch_bwd(const MlstmChunkBwdArgs& a, cudaStream_t stream) {
   constexpr size_t smem = sizeof(BwdSmem<T, DK, DV>);
   static_assert(smem <= 227 * 1024, "backward chunk tiles do not fit in shared memory");
+  // 228 KB per SM, 1 KB reserved per block: two blocks at the 340M / benchmark head size
+  static_assert(DK != 128 || DV != 128 || 2 * (smem + 1024) <= 228 * 1024, "two blocks per SM no longer fit");
   auto kernel = mlstm_chunk_bwd_kernel<T, DK, DV>;
   SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>(a.n.chunks), static_cast<unsigned>(a.n.heads), static_cast<unsigned>(a.n.batch));

@@ -18,9 +18,10 @@ constexpr float kBwdEps = 1e-6f;  // kMlstmEps of subq/ops/mlstm.h
 template <typename T, int DK, int DV>
 struct BwdSmem {
   static constexpr int kKPitch = ck::pitch_of(DK), kVPitch = ck::pitch_of(DV);
-  // Dk loop: rows of C_p and dC_out (64 x Dv each); Dv loop: a column slice of dC_out (Dk x 64)
-  static constexpr int kBuf = 2 * ck::kChunk * kVPitch > DK * ck::kChunkPitch ? 2 * ck::kChunk * kVPitch
-                                                                              : DK * ck::kChunkPitch;
+  // Dk loop: rows of C_p, then of C_lo, then of dC_out (64 x Dv, one at a time); Dv loop: a column slice of
+  // dC_out (Dk x 64). One tile, not two, so that two blocks share an SM at Dk = Dv = 128 (111 KB).
+  static constexpr int kBuf = ck::kChunk * kVPitch > DK * ck::kChunkPitch ? ck::kChunk * kVPitch
+                                                                          : DK * ck::kChunkPitch;
   T q[ck::kChunk * kKPitch];
   T k[ck::kChunk * kKPitch];
   T v[ck::kChunk * kVPitch];
@@ -39,7 +40,7 @@ struct BwdSmem {
 };
 
 template <typename T, int DK, int DV>
-__global__ void __launch_bounds__(kBwdThreads) mlstm_chunk_bwd_kernel(const MlstmChunkBwdArgs a) {
+__global__ void __launch_bounds__(kBwdThreads, 2) mlstm_chunk_bwd_kernel(const MlstmChunkBwdArgs a) {
   using Smem = BwdSmem<T, DK, DV>;
   constexpr int kKPitch = Smem::kKPitch, kVPitch = Smem::kVPitch;
   constexpr int kCP = ck::kChunkPitch;
@@ -148,8 +149,7 @@ SUBQ_UNROLL
   const T* cst = static_cast<const T*>(a.c_states) + bhc * DK * DV;
   const T* dcst = static_cast<const T*>(a.dc_states) + bhc * DK * DV;
   const T* c_lo = a.c_lo ? static_cast<const T*>(a.c_lo) + bhc * DK * DV : nullptr;
-  T* cps = sm.buf;
-  T* dcs = sm.buf + kChunk * kVPitch;
+  T* cps = sm.buf;  // the slice of C_p, then of C_lo, then of dC_out
   T* dq_g = static_cast<T*>(a.dq) + (bh * T_len + t0) * DK;
   T* dk_g = static_cast<T*>(a.dk) + (bh * T_len + t0) * DK;
   T* dv_g = static_cast<T*>(a.dv) + (bh * T_len + t0) * DV;
@@ -169,15 +169,9 @@ SUBQ_UNROLL
   const float b_lo = sm.b[m0 + gq], b_hi = sm.b[m0 + gq + 8];
   for (int j = 0; j < DK / kSlice; ++j) {
     ck::cp_async_tile<T, kChunk, DV, kBwdThreads>(cps, kVPitch, cst + j * kSlice * DV, DV, kChunk);
-    ck::cp_async_tile<T, kChunk, DV, kBwdThreads>(dcs, kVPitch, dcst + j * kSlice * DV, DV, kChunk);
     ck::cp_async_commit();
     ck::cp_async_wait<0>();
     __syncthreads();
-    for (int e = tid; e < kChunk * DV / 2; e += kBwdThreads) {
-      const int r = e / (DV / 2), col = 2 * (e % (DV / 2));
-      const float2 x = ck::load2(cps + r * kVPitch + col), y = ck::load2(dcs + r * kVPitch + col);
-      cdc += x.x * y.x + x.y * y.y;
-    }
     // dq = (a / sqrt(Dk)) (dH C_p^T / den + dqn n_p) + G' K
     float acc[4][4];
     ck::zero(acc);
@@ -188,11 +182,6 @@ SUBQ_UNROLL
       ck::cp_async_commit();
       ck::cp_async_wait<0>();
       __syncthreads();
-      for (int e = tid; e < kChunk * DV / 2; e += kBwdThreads) {
-        const int r = e / (DV / 2), col = 2 * (e % (DV / 2));
-        const float2 x = ck::load2(cps + r * kVPitch + col), y = ck::load2(dcs + r * kVPitch + col);
-        cdc += x.x * y.x + x.y * y.y;
-      }
       ck::warp_gemm<T, 4, false, false>(acc, sm.dh, kVPitch, m0, cps, kVPitch, n0, DV);
     }
     {
@@ -206,9 +195,29 @@ SUBQ_UNROLL
     });
     ck::warp_gemm<T, 4, /*G'[t][s]*/ false, /*K[s][k]*/ true>(acc, sm.g, kCP, m0, sm.k + j * kSlice, kKPitch, n0, kChunk);
     store_rows(dq_g, DK, j * kSlice, acc);
+    __syncthreads();  // everyone is done with this slice of C_p / C_lo
+    ck::cp_async_tile<T, kChunk, DV, kBwdThreads>(cps, kVPitch, dcst + j * kSlice * DV, DV, kChunk);
+    ck::cp_async_commit();
+    ck::cp_async_wait<0>();
+    __syncthreads();
+    // <C_p, dC_out> over this slice: dC_out from shared memory, C_p (and C_lo) read again from global memory
+    // (L2: the block loaded them just before)
+    {
+      const T* cp_g = cst + j * kSlice * DV;
+      const T* cl_g = c_lo ? c_lo + j * kSlice * DV : nullptr;
+      for (int e = tid; e < kChunk * DV / 2; e += kBwdThreads) {
+        const int r = e / (DV / 2), col = 2 * (e % (DV / 2));
+        const float2 y = ck::load2(cps + r * kVPitch + col), x = ck::load2(cp_g + r * DV + col);
+        cdc += x.x * y.x + x.y * y.y;
+        if (cl_g) {
+          const float2 xl = ck::load2(cl_g + r * DV + col);
+          cdc += xl.x * y.x + xl.y * y.y;
+        }
+      }
+    }
     // dk = b (V dC_out^T + dn_out) + G'^T Q
     ck::zero(acc);
-    ck::warp_gemm<T, 4, /*V[s][v]*/ false, /*dC[k][v]*/ false>(acc, sm.v, kVPitch, m0, dcs, kVPitch, n0, DV);
+    ck::warp_gemm<T, 4, /*V[s][v]*/ false, /*dC[k][v]*/ false>(acc, sm.v, kVPitch, m0, cps, kVPitch, n0, DV);
     {
       const float2 rd = ck::row_dot(acc, sm.k + j * kSlice, kKPitch, m0, n0);
       pb_lo += rd.x;
@@ -220,7 +229,7 @@ SUBQ_UNROLL
     ck::warp_gemm<T, 4, /*G'^T: G'[t][s]*/ true, /*Q[t][k]*/ true>(acc, sm.g, kCP, m0, sm.q + j * kSlice, kKPitch, n0,
                                                                   kChunk);
     store_rows(dk_g, DK, j * kSlice, acc);
-    __syncthreads();  // everyone is done with this slice of C_p and dC_out
+    __syncthreads();  // everyone is done with this slice of dC_out
   }
   if (q4 == 0) {
     sm.pa[warp >> 2][m0 + gq] = pa_lo;
