@@ -8,15 +8,23 @@
 #include "subq/ops/bench_ops.h"
 #include "subq_catch.h"
 
-TEST_CASE("bench ops times every op at a tiny shape on the CPU", "[bench]") {
+namespace {
+// a tiny fp32 run on the CPU: `iters` timed calls after `warmup`, chunks of 16
+subq::ops::BenchOpsOptions tiny_cpu(subq::ops::OpShape shape, int64_t iters, int64_t warmup) {
   subq::ops::BenchOpsOptions o;
-  o.shapes = {{1, 40, 2, 8}};
+  o.shapes = {shape};
   o.device = "cpu";
   o.dtype = "fp32";
-  o.iters = 2;
-  o.warmup = 1;
-  o.pool = 2;
+  o.iters = iters;
+  o.warmup = warmup;
+  o.pool = iters;
   o.chunk_size = 16;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("bench ops times every op at a tiny shape on the CPU", "[bench]") {
+  auto o = tiny_cpu({1, 40, 2, 8}, 2, 1);
   o.impls = {"reference", "cuda"};
   o.argv = {"subq", "bench", "ops"};
   auto r = subq::ops::bench_ops(o);
@@ -51,15 +59,8 @@ TEST_CASE("bench ops times every op at a tiny shape on the CPU", "[bench]") {
 }
 
 TEST_CASE("bench ops --profile adds the profiled call's breakdown to each entry", "[bench]") {
-  subq::ops::BenchOpsOptions o;
+  auto o = tiny_cpu({1, 32, 2, 8}, 1, 0);
   o.ops = {"mlstm"};
-  o.shapes = {{1, 32, 2, 8}};
-  o.device = "cpu";
-  o.dtype = "fp32";
-  o.iters = 1;
-  o.warmup = 0;
-  o.pool = 1;
-  o.chunk_size = 16;
   o.profile_top = 4;
   auto r = subq::ops::bench_ops(o);
   INFO(r.dump(2));
