@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "subq/core/error.h"
+
 namespace subq::ops::detail::glue {
 
 // The current stream's cudaStream_t of t's device; null for CPU tensors (the CPU emulator of the tests
@@ -34,6 +36,25 @@ inline torch::Tensor rows16(const torch::Tensor& t) {
 template <typename P>
 P* ptr_or_null(const torch::Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<P>() : nullptr;
+}
+
+// The kernel operand dtype of a tensor dtype, for an op's dtype enum E (members kBF16, kF16, kF32).
+// `op` names the caller in the error for any other dtype (the glue checks dtypes before it gets here).
+template <typename E>
+E kernel_dtype(torch::ScalarType t, const char* op) {
+  switch (t) {
+    case torch::kBFloat16: return E::kBF16;
+    case torch::kFloat16: return E::kF16;
+    case torch::kFloat32: return E::kF32;
+    default: throw InternalError(str(op, ": no kernel dtype for ", t));
+  }
+}
+
+// Pointer and the first three strides of a [B, H, T, ...] tensor, as an op's row-view struct R
+// (members ptr, s0, s1, s2).
+template <typename R>
+R rows_of(const torch::Tensor& t) {
+  return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
 }
 
 }  // namespace subq::ops::detail::glue

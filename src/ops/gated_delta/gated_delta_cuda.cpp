@@ -372,12 +372,7 @@ bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
 }
 
 detail::GdnKernelDtype kernel_dtype(torch::ScalarType t) {
-  switch (t) {
-    case torch::kBFloat16: return detail::GdnKernelDtype::kBF16;
-    case torch::kFloat16: return detail::GdnKernelDtype::kF16;
-    case torch::kFloat32: return detail::GdnKernelDtype::kF32;
-    default: throw InternalError(str("gated_delta_cuda: no kernel dtype for ", t));
-  }
+  return detail::glue::kernel_dtype<detail::GdnKernelDtype>(t, "gated_delta_cuda");
 }
 
 bool kernel_dtype_ok(torch::ScalarType t) {

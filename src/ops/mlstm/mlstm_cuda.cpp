@@ -57,15 +57,9 @@ constexpr int64_t kMaxGridYZ = 65535;
 
 
 detail::MlstmKernelDtype kernel_dtype(torch::ScalarType t) {
-  switch (t) {
-    case torch::kBFloat16: return detail::MlstmKernelDtype::kBF16;
-    case torch::kFloat16: return detail::MlstmKernelDtype::kF16;
-    case torch::kFloat32: return detail::MlstmKernelDtype::kF32;
-    default: throw InternalError(str("mlstm_cuda: no kernel dtype for ", t));
-  }
+  return detail::glue::kernel_dtype<detail::MlstmKernelDtype>(t, "mlstm_cuda");
 }
-
-detail::MlstmRows rows_of(const Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
+const auto rows_of = detail::glue::rows_of<detail::MlstmRows>;
 
 
 

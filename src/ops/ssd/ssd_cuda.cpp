@@ -45,15 +45,9 @@ constexpr int64_t kMaxGridYZ = 65535;
 
 
 detail::SsdKernelDtype kernel_dtype(torch::ScalarType t) {
-  switch (t) {
-    case torch::kBFloat16: return detail::SsdKernelDtype::kBF16;
-    case torch::kFloat16: return detail::SsdKernelDtype::kF16;
-    case torch::kFloat32: return detail::SsdKernelDtype::kF32;
-    default: throw InternalError(str("ssd_cuda: no kernel dtype for ", t));
-  }
+  return detail::glue::kernel_dtype<detail::SsdKernelDtype>(t, "ssd_cuda");
 }
-
-detail::SsdRows rows_of(const Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
+const auto rows_of = detail::glue::rows_of<detail::SsdRows>;
 
 
 

@@ -29,6 +29,7 @@
 
 #include "ops/ssd/ssd_cuda.h"
 #include "ops/ssd/ssd_cuda_bwd.cuh"
+#include "ops/ssd/ssd_cuda_launch.h"
 #include "subq/core/error.h"
 #include "subq/ops/cuda_check.h"
 
@@ -39,40 +40,18 @@ namespace {
 using namespace ssd_kernels;
 
 template <typename T, int N>
-void launch_bwd(const SsdChunkBwdArgs& a, cudaStream_t stream) {
-  constexpr size_t smem = sizeof(BwdSmem<T, N>);
-  static_assert(smem <= 227 * 1024, "backward chunk tiles do not fit in shared memory");
-  auto kernel = ssd_chunk_bwd_kernel<T, N>;
-  SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const dim3 grid(static_cast<unsigned>(a.n.chunks), static_cast<unsigned>(a.n.groups * a.head_splits),
-                  static_cast<unsigned>(a.n.batch));
-  kernel<<<grid, kBwdThreads, smem, stream>>>(a);
-  SUBQ_CUDA_CHECK_LAUNCH();
-}
-
-template <typename T>
-void launch_bwd_n(const SsdChunkBwdArgs& a, cudaStream_t stream) {
-  if (a.n.state_dim == 64)
-    launch_bwd<T, 64>(a, stream);
-  else
-    launch_bwd<T, 128>(a, stream);
-}
+struct LaunchBwd {
+  static void run(const SsdChunkBwdArgs& a, cudaStream_t stream) {
+    constexpr size_t smem = sizeof(BwdSmem<T, N>);
+    static_assert(smem <= 227 * 1024, "backward chunk tiles do not fit in shared memory");
+    ssd_launch::chunk_grid(ssd_chunk_bwd_kernel<T, N>, smem, kBwdThreads, a, stream);
+  }
+};
 
 }  // namespace
 
 void ssd_cuda_chunk_bwd(const SsdChunkBwdArgs& a, SsdKernelDtype dtype, void* stream) {
-  SUBQ_CHECK(a.n.head_dim % kSlice == 0, "ssd chunk bwd: P = ", a.n.head_dim, " must be a multiple of 64");
-  SUBQ_CHECK(a.n.state_dim == 64 || a.n.state_dim == 128, "ssd chunk bwd: N = ", a.n.state_dim, " must be 64 or 128");
-  SUBQ_CHECK(a.n.groups >= 1 && a.n.heads % a.n.groups == 0 && a.head_splits >= 1 &&
-                 (a.n.heads / a.n.groups) % a.head_splits == 0,
-             "ssd chunk bwd: bad head split");
-  SUBQ_CHECK(a.n.time >= 1 && a.n.chunks == (a.n.time + kChunk - 1) / kChunk, "ssd chunk bwd: bad chunk count");
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case SsdKernelDtype::kBF16: launch_bwd_n<__nv_bfloat16>(a, s); break;
-    case SsdKernelDtype::kF16: launch_bwd_n<__half>(a, s); break;
-    default: SUBQ_CHECK(false, "ssd chunk bwd: operand dtype must be bf16 or fp16");
-  }
+  ssd_launch::dispatch<LaunchBwd>(a, dtype, stream, "ssd chunk bwd");
 }
 
 }  // namespace subq::ops::detail

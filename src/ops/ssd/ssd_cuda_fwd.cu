@@ -20,6 +20,7 @@
 
 #include "ops/ssd/ssd_cuda.h"
 #include "ops/ssd/ssd_cuda_fwd.cuh"
+#include "ops/ssd/ssd_cuda_launch.h"
 #include "subq/core/error.h"
 #include "subq/ops/cuda_check.h"
 
@@ -30,40 +31,18 @@ namespace {
 using namespace ssd_kernels;
 
 template <typename T, int N>
-void launch_fwd(const SsdChunkFwdArgs& a, cudaStream_t stream) {
-  constexpr size_t smem = sizeof(FwdSmem<T, N>);
-  static_assert(smem <= 227 * 1024, "forward chunk tiles do not fit in shared memory");
-  auto kernel = ssd_chunk_fwd_kernel<T, N>;
-  SUBQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const dim3 grid(static_cast<unsigned>(a.n.chunks), static_cast<unsigned>(a.n.groups * a.head_splits),
-                  static_cast<unsigned>(a.n.batch));
-  kernel<<<grid, kFwdThreads, smem, stream>>>(a);
-  SUBQ_CUDA_CHECK_LAUNCH();
-}
-
-template <typename T>
-void launch_fwd_n(const SsdChunkFwdArgs& a, cudaStream_t stream) {
-  if (a.n.state_dim == 64)
-    launch_fwd<T, 64>(a, stream);
-  else
-    launch_fwd<T, 128>(a, stream);
-}
+struct LaunchFwd {
+  static void run(const SsdChunkFwdArgs& a, cudaStream_t stream) {
+    constexpr size_t smem = sizeof(FwdSmem<T, N>);
+    static_assert(smem <= 227 * 1024, "forward chunk tiles do not fit in shared memory");
+    ssd_launch::chunk_grid(ssd_chunk_fwd_kernel<T, N>, smem, kFwdThreads, a, stream);
+  }
+};
 
 }  // namespace
 
 void ssd_cuda_chunk_fwd(const SsdChunkFwdArgs& a, SsdKernelDtype dtype, void* stream) {
-  SUBQ_CHECK(a.n.head_dim % kSlice == 0, "ssd chunk fwd: P = ", a.n.head_dim, " must be a multiple of 64");
-  SUBQ_CHECK(a.n.state_dim == 64 || a.n.state_dim == 128, "ssd chunk fwd: N = ", a.n.state_dim, " must be 64 or 128");
-  SUBQ_CHECK(a.n.groups >= 1 && a.n.heads % a.n.groups == 0 && a.head_splits >= 1 &&
-                 (a.n.heads / a.n.groups) % a.head_splits == 0,
-             "ssd chunk fwd: bad head split");
-  SUBQ_CHECK(a.n.time >= 1 && a.n.chunks == (a.n.time + kChunk - 1) / kChunk, "ssd chunk fwd: bad chunk count");
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case SsdKernelDtype::kBF16: launch_fwd_n<__nv_bfloat16>(a, s); break;
-    case SsdKernelDtype::kF16: launch_fwd_n<__half>(a, s); break;
-    default: SUBQ_CHECK(false, "ssd chunk fwd: operand dtype must be bf16 or fp16");
-  }
+  ssd_launch::dispatch<LaunchFwd>(a, dtype, stream, "ssd chunk fwd");
 }
 
 }  // namespace subq::ops::detail
