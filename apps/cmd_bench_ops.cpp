@@ -36,7 +36,7 @@ void add_bench_ops_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--profile", o.profile,
                   "also profile one more call per entry and keep its top N kernels (0 = off)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, int64_t{1000}));
   cmd->add_option("-o,--out", o.out, "also write the result JSON here (e.g. bench/results/ops-h200.json)");
   cmd->callback([&ctx] {
     ctx.action = [&ctx] {
