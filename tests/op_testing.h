@@ -222,6 +222,53 @@ inline void fd_gradcheck(const std::string& what, const ScalarFn& loss_fn, const
   }
 }
 
+// Every defined tensor of v in dtype dt (undefined ones stay undefined).
+inline std::vector<torch::Tensor> cast_all(const std::vector<torch::Tensor>& v, torch::ScalarType dt) {
+  std::vector<torch::Tensor> out;
+  for (const auto& t : v) out.push_back(t.defined() ? t.to(dt) : t);
+  return out;
+}
+
+// A chunkwise form of an op against its recurrent form evaluated in fp64, on the fp64 inputs v64: the
+// chunkwise form in fp32 within 1e-5 of the reference (outputs and every input gradient), in fp64 within
+// 1e-10 (gradients) and 1e-12 (outputs). outputs(r) names the result's tensors in a fixed order, e.g.
+// {{"o", r.o}, {"final state", r.final_state}}; the gradients are of sum_i <output_i, w_i> with fixed
+// random fp64 weights w_i drawn in that order. names: the inputs' names, for the messages.
+template <typename R>
+void compare_chunkwise_to_recurrent(
+    const std::function<R(const std::vector<torch::Tensor>&)>& recurrent_fn,
+    const std::function<R(const std::vector<torch::Tensor>&)>& chunkwise_fn,
+    const std::function<std::vector<std::pair<std::string, torch::Tensor>>(const R&)>& outputs,
+    const std::vector<torch::Tensor>& v64, const std::vector<std::string>& names) {
+  const std::vector<torch::Tensor> v32 = cast_all(v64, torch::kFloat32);
+  const auto ref = outputs(recurrent_fn(v64));
+  const auto got = outputs(chunkwise_fn(v32));
+  for (size_t i = 0; i < ref.size(); ++i) {
+    REQUIRE(got[i].second.scalar_type() == torch::kFloat32);
+    require_close(ref[i].first + " (fp32 chunkwise vs fp64 recurrent)", got[i].second, ref[i].second, 1e-5);
+  }
+  std::vector<torch::Tensor> w;
+  for (const auto& o : ref) w.push_back(torch::randn(o.second.sizes(), torch::kFloat64));
+  auto loss_of = [&](const std::function<R(const std::vector<torch::Tensor>&)>& fn) {
+    return [&, fn](const std::vector<torch::Tensor>& v) {
+      const auto outs = outputs(fn(v));
+      torch::Tensor loss = weighted_sum(outs[0].second, w[0]);
+      for (size_t i = 1; i < outs.size(); ++i) loss = loss + weighted_sum(outs[i].second, w[i]);
+      return loss;
+    };
+  };
+  const auto g_ref = grads_of(loss_of(recurrent_fn), v64);
+  const auto g32 = grads_of(loss_of(chunkwise_fn), v32);
+  const auto g64 = grads_of(loss_of(chunkwise_fn), v64);
+  for (size_t i = 0; i < g_ref.size(); ++i) {
+    require_close("grad " + names.at(i) + " (fp32 chunkwise vs fp64 recurrent)", g32[i], g_ref[i], 1e-5);
+    require_close("grad " + names.at(i) + " (fp64 chunkwise vs fp64 recurrent)", g64[i], g_ref[i], 1e-10);
+  }
+  const auto got64 = outputs(chunkwise_fn(v64));
+  for (size_t i = 0; i < ref.size(); ++i)
+    require_close(ref[i].first + " (fp64 chunkwise vs fp64 recurrent)", got64[i].second, ref[i].second, 1e-12);
+}
+
 struct GradCheck {
   std::string name;
   double max_err = 0;   // max |autograd - finite difference| over the input's elements

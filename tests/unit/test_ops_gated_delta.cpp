@@ -59,11 +59,7 @@ GdnIn make_gdn(int64_t b, int64_t h, int64_t t, int64_t dk, int64_t dv, uint64_t
   return in;
 }
 
-Vec cast(const Vec& v, torch::ScalarType dt) {
-  Vec out;
-  for (const auto& t : v) out.push_back(t.defined() ? t.to(dt) : t);
-  return out;
-}
+Vec cast(const Vec& v, torch::ScalarType dt) { return subq::test::cast_all(v, dt); }
 
 using GdnFn = std::function<subq::ops::GatedDeltaResult(const Vec&)>;
 GdnFn chunkwise(const torch::Tensor& reset, int64_t chunk, bool normalize = false) {
@@ -91,27 +87,12 @@ std::function<torch::Tensor(const Vec&)> loss_of(GdnFn fn, torch::Tensor wo, tor
 
 // Chunkwise (fp32 and fp64) against recurrent (fp64): outputs, final state, every gradient.
 void compare_forms(const GdnIn& in, int64_t chunk) {
-  auto ref_fn = recurrent(in.reset);
-  auto chk_fn = chunkwise(in.reset, chunk);
-  Vec v64 = in.vec(), v32 = cast(v64, torch::kFloat32);
-  auto ref = ref_fn(v64);
-  auto got = chk_fn(v32);
-  REQUIRE(got.o.scalar_type() == torch::kFloat32);
-  REQUIRE(got.final_state.scalar_type() == torch::kFloat32);
-  require_close("o (fp32 chunkwise vs fp64 recurrent)", got.o, ref.o, 1e-5);
-  require_close("final state (fp32 chunkwise vs fp64 recurrent)", got.final_state, ref.final_state, 1e-5);
-
-  torch::Tensor wo = torch::randn(ref.o.sizes(), f64), ws = torch::randn(ref.final_state.sizes(), f64);
-  Vec g_ref = subq::test::grads_of(loss_of(ref_fn, wo, ws), v64);
-  Vec g32 = subq::test::grads_of(loss_of(chk_fn, wo, ws), v32);
-  Vec g64 = subq::test::grads_of(loss_of(chk_fn, wo, ws), v64);
-  for (size_t i = 0; i < g_ref.size(); ++i) {
-    require_close("grad " + kNames[i] + " (fp32 chunkwise vs fp64 recurrent)", g32[i], g_ref[i], 1e-5);
-    require_close("grad " + kNames[i] + " (fp64 chunkwise vs fp64 recurrent)", g64[i], g_ref[i], 1e-10);
-  }
-  auto got64 = chk_fn(v64);
-  require_close("o (fp64 chunkwise vs fp64 recurrent)", got64.o, ref.o, 1e-12);
-  require_close("final state (fp64)", got64.final_state, ref.final_state, 1e-12);
+  subq::test::compare_chunkwise_to_recurrent<subq::ops::GatedDeltaResult>(
+      recurrent(in.reset), chunkwise(in.reset, chunk),
+      [](const subq::ops::GatedDeltaResult& r) {
+        return std::vector<std::pair<std::string, torch::Tensor>>{{"o", r.o}, {"final state", r.final_state}};
+      },
+      in.vec(), kNames);
 }
 
 }  // namespace
