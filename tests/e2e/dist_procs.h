@@ -153,22 +153,6 @@ inline int64_t last_logged_step(const std::filesystem::path& run_dir) {
   return s;
 }
 
-// Prepares the tiny code corpus of tests/data/tokenizer/code under root/data (train, val, tokenizer.json).
-inline void prepare_tiny_corpus(const std::filesystem::path& root) {
-  namespace fs = std::filesystem;
-  fs::create_directories(root / "corpus" / "lib");
-  fs::create_directories(root / "corpus" / "held");
-  const fs::path src = fs::path(source_dir()) / "tests/data/tokenizer/code";
-  int i = 0;
-  for (const auto& e : fs::directory_iterator(src))
-    fs::copy_file(e.path(), root / "corpus" / (i++ == 0 ? "held" : "lib") / e.path().filename(),
-                  fs::copy_options::overwrite_existing);
-  auto prep = run("prepare code --input " + (root / "corpus").string() + " --ext .txt --vocab-size 320 " +
-                  "--val-subtree held --threads 2 --out " + (root / "data").string());
-  INFO(prep.out);
-  REQUIRE(prep.rc == 0);
-}
-
 // Largest |a - b| / (atol + rtol |b|) over two checkpoints' model tensors (<= 1 means allclose).
 inline double weights_distance(const std::string& ckpt_a, const std::string& ckpt_b, double rtol, double atol) {
   auto a = load_safetensors(ckpt_a + "/model.safetensors").tensors;

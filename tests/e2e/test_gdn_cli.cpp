@@ -21,16 +21,7 @@ using subq::test::run;
 TEST_CASE("gdn: train, eval, generate and export from the CLI", "[cli][gdn]") {
   fs::path root = fs::temp_directory_path() / ("subq-gdn-cli-" + std::to_string(::getpid()));
   fs::remove_all(root);
-  fs::create_directories(root / "corpus" / "lib");
-  fs::create_directories(root / "corpus" / "held");
-  const fs::path src = fs::path(subq::test::source_dir()) / "tests/data/tokenizer/code";
-  int i = 0;
-  for (const auto& e : fs::directory_iterator(src))
-    fs::copy_file(e.path(), root / "corpus" / (i++ == 0 ? "held" : "lib") / e.path().filename());
-  auto prep = run("prepare code --input " + (root / "corpus").string() + " --ext .txt --vocab-size 300 " +
-                  "--val-subtree held --threads 2 --out " + (root / "data").string());
-  INFO(prep.out);
-  REQUIRE(prep.rc == 0);
+  subq::test::prepare_tiny_corpus(root, 300);
 
   const std::string data = (root / "data").string();
   {

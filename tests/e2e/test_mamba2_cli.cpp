@@ -21,16 +21,7 @@ using subq::test::run;
 TEST_CASE("mamba2: prepare, train, eval, generate, export", "[cli][mamba2]") {
   fs::path root = fs::temp_directory_path() / ("subq-mamba2-cli-" + std::to_string(::getpid()));
   fs::remove_all(root);
-  fs::create_directories(root / "corpus" / "lib");
-  fs::create_directories(root / "corpus" / "held");
-  const fs::path src = fs::path(subq::test::source_dir()) / "tests/data/tokenizer/code";
-  int i = 0;
-  for (const auto& e : fs::directory_iterator(src))
-    fs::copy_file(e.path(), root / "corpus" / (i++ == 0 ? "held" : "lib") / e.path().filename());
-  auto prep = run("prepare code --input " + (root / "corpus").string() + " --ext .txt --vocab-size 300 " +
-                  "--val-subtree held --threads 2 --out " + (root / "data").string());
-  INFO(prep.out);
-  REQUIRE(prep.rc == 0);
+  subq::test::prepare_tiny_corpus(root, 300);
 
   const std::string data = (root / "data").string();
   const fs::path rd = root / "runs" / "m2";

@@ -9,6 +9,7 @@
 #include "subq/core/error.h"
 #include "subq/core/run_config.h"
 #include "subq_catch.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using subq::ConfigError;
@@ -16,6 +17,7 @@ using subq::RunConfig;
 using subq::config::Source;
 
 namespace {
+using subq::test::TempDir;
 
 RunConfig from_text(const std::string& text, std::vector<std::string> sets = {}) {
   return subq::config::load<RunConfig>(Source{"test.yaml", std::move(sets), text.empty() ? "{}" : text});
@@ -33,20 +35,6 @@ std::string error_of(const std::string& text, std::vector<std::string> sets = {}
 
 bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("subq-test-" + std::to_string(::getpid()) + "-" + std::to_string(rand()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string write(const std::string& name, const std::string& text) const {
-    fs::path p = path / name;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p) << text;
-    return p.string();
-  }
-};
 
 }  // namespace
 

@@ -20,20 +20,15 @@
 #include "subq/models/hf_export.h"
 #include "subq/models/model.h"
 #include "subq_catch.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace subq;
 
 namespace {
+using subq::test::TempDir;
+subq::test::ShellRun run(const std::string& cmd) { return subq::test::run_shell(cmd); }
 
-struct TempDir {
-  fs::path p;
-  TempDir() {
-    p = fs::temp_directory_path() / ("subq-hf-export-" + std::to_string(::getpid()));
-    fs::create_directories(p);
-  }
-  ~TempDir() { fs::remove_all(p); }
-};
 
 data::Tokenizer tiny_tokenizer() {
   data::BpeTrainOptions bo;
@@ -60,20 +55,6 @@ models::ModelConfig tiny_config(int64_t vocab, bool tied, int64_t kv_heads) {
   return c;
 }
 
-struct Run {
-  int rc;
-  std::string out;
-};
-Run run(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
 
 // A model the registry does not know, to check the refusal.
 class Unexported : public models::LanguageModel {
@@ -91,7 +72,7 @@ class Unexported : public models::LanguageModel {
 TEST_CASE("HF export writes a Llama folder that transformers loads with the same logits", "[hf_export]") {
   TempDir t;
   auto tok = tiny_tokenizer();
-  const std::string tok_path = (t.p / "tokenizer.json").string();
+  const std::string tok_path = (t.path / "tokenizer.json").string();
   tok.save(tok_path);
   REQUIRE(tok.eos_id());
   const int64_t vocab = tok.vocab_size() + 20;  // padded beyond the tokenizer, as configs may do
@@ -102,7 +83,7 @@ TEST_CASE("HF export writes a Llama folder that transformers loads with the same
     torch::manual_seed(tied ? 11 : 7);
     auto model = models::create_model(tiny_config(vocab, tied, tied ? 4 : 2));
     models::HfExportOptions o;
-    o.out_dir = (t.p / (tied ? "tied" : "untied")).string();
+    o.out_dir = (t.path / (tied ? "tied" : "untied")).string();
     o.tokenizer_json_path = tok_path;
     auto files = models::export_hf(*model, &tok, o);
     for (const char* f : {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -137,7 +118,7 @@ TEST_CASE("HF export writes a Llama folder that transformers loads with the same
       torch::NoGradGuard ng;
       logits = model->forward(ids).to(torch::kFloat32).contiguous();
     }
-    const std::string ref = (t.p / (std::string(tied ? "tied" : "untied") + "_ref.safetensors")).string();
+    const std::string ref = (t.path / (std::string(tied ? "tied" : "untied") + "_ref.safetensors")).string();
     save_safetensors(ref, {{"input_ids", ids}, {"logits", logits}});
     cases.push_back(o.out_dir + ":" + ref);
   }
@@ -172,7 +153,7 @@ TEST_CASE("HF export refusals and folder safety", "[hf_export]") {
   auto cfg = tiny_config(64, false, 2);
   auto model = models::create_model(cfg);
   models::HfExportOptions o;
-  o.out_dir = (t.p / "out").string();
+  o.out_dir = (t.path / "out").string();
 
   // Soft-capped logits have no Llama equivalent.
   auto capped_cfg = cfg;
@@ -204,7 +185,7 @@ TEST_CASE("HF export refusals and folder safety", "[hf_export]") {
   // No tokenizer: no tokenizer files, null ids. bf16 weights.
   o.dtype = torch::kBFloat16;
   models::export_hf(*model, nullptr, o);
-  CHECK_FALSE(fs::exists(t.p / "out/tokenizer.json"));
+  CHECK_FALSE(fs::exists(t.path / "out/tokenizer.json"));
   auto c = nlohmann::json::parse(fsx::read_file(o.out_dir + "/config.json"));
   CHECK(c["torch_dtype"] == "bfloat16");
   CHECK(c["eos_token_id"].is_null());
@@ -218,7 +199,7 @@ TEST_CASE("HF export refusals and folder safety", "[hf_export]") {
   models::export_hf(*model, nullptr, o);
   CHECK(nlohmann::json::parse(fsx::read_file(o.out_dir + "/config.json"))["torch_dtype"] == "float32");
   size_t entries = 0;
-  for (auto& e : fs::directory_iterator(t.p)) {
+  for (auto& e : fs::directory_iterator(t.path)) {
     (void)e;
     ++entries;
   }

@@ -30,12 +30,15 @@
 #include "subq/models/hf_export.h"
 #include "subq/models/model.h"
 #include "subq_catch.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using subq::models::ModelConfig;
 using torch::indexing::Slice;
 
 namespace {
+using subq::test::TempDir;
+subq::test::ShellRun run_cmd(const std::string& cmd) { return subq::test::run_shell(cmd); }
 
 // Tiny models: more intra-op threads only add synchronisation (and thrash on a shared 2-core machine).
 const bool kOneThread = [] {
@@ -72,30 +75,7 @@ std::shared_ptr<subq::models::LanguageModel> make(const ModelConfig& c, uint64_t
   return subq::models::create_model(c);
 }
 
-struct Run {
-  int rc;
-  std::string out;
-};
-Run run_cmd(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
 
-struct TempDir {
-  fs::path p;
-  explicit TempDir(const std::string& tag) {
-    p = fs::temp_directory_path() / ("subq-gdn-" + tag + "-" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-  }
-  ~TempDir() { fs::remove_all(p); }
-};
 
 }  // namespace
 
@@ -473,7 +453,7 @@ TEST_CASE("gdn HF export: fla's config.json and names; fla loads it and reproduc
     INFO(cs.name);
     auto m = make(cs.cfg, 30 + ci);
     subq::models::HfExportOptions o;
-    o.out_dir = (t.p / cs.name).string();
+    o.out_dir = (t.path / cs.name).string();
     auto files = subq::models::export_hf(*m, nullptr, o);
     CHECK(std::find(files.begin(), files.end(), "model.safetensors") != files.end());
     auto cfg = nlohmann::json::parse(subq::fsx::read_file(o.out_dir + "/config.json"));
@@ -511,7 +491,7 @@ TEST_CASE("gdn HF export: fla's config.json and names; fla loads it and reproduc
                         {"loss", loss.detach().reshape({1})}};
     for (const auto& p : m->named_parameters())
       ref["grad." + (p.key() == "lm_head.weight" ? p.key() : "model." + p.key())] = p.value().grad().contiguous();
-    const std::string ref_path = (t.p / (cs.name + "_ref.safetensors")).string();
+    const std::string ref_path = (t.path / (cs.name + "_ref.safetensors")).string();
     subq::save_safetensors(ref_path, ref);
     args.push_back(o.out_dir + ":" + ref_path);
   }
@@ -553,7 +533,7 @@ TEST_CASE("gdn HF export refusals", "[gdn][hf_export]") {
   wide.gdn.expand_v = 1.0;
   auto m = make(wide, 0);
   subq::models::HfExportOptions o;
-  o.out_dir = (t.p / "out").string();
+  o.out_dir = (t.path / "out").string();
   try {
     subq::models::export_hf(*m, nullptr, o);
     FAIL("no error");

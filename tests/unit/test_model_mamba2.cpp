@@ -28,11 +28,13 @@
 #include "subq/models/mamba2.h"
 #include "subq/models/model.h"
 #include "subq_catch.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using subq::models::ModelConfig;
 
 namespace {
+subq::test::ShellRun run_cmd(const std::string& cmd) { return subq::test::run_shell(cmd); }
 
 // Small but awkward: 6 heads of width 12 in 2 groups, odd vocabulary, chunk 8 so sequences span chunks.
 ModelConfig tiny(bool tied = false, int64_t groups = 2) {
@@ -56,20 +58,6 @@ double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
   return ((a - b).norm() / b.norm()).item<double>();
 }
 
-struct Run {
-  int rc;
-  std::string out;
-};
-Run run_cmd(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
 
 }  // namespace
 

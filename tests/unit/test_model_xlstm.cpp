@@ -34,12 +34,15 @@
 #include "subq/train/checkpoint.h"
 #include "subq/train/trainer.h"
 #include "subq_catch.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using subq::models::ModelConfig;
 using torch::indexing::Slice;
 
 namespace {
+using subq::test::TempDir;
+subq::test::ShellRun run_cmd(const std::string& cmd) { return subq::test::run_shell(cmd); }
 
 // Tiny models: extra intra-op threads only add synchronisation (and thrash on a shared machine).
 const bool kOneThread = [] {
@@ -83,30 +86,7 @@ std::shared_ptr<subq::models::LanguageModel> make(const ModelConfig& c, uint64_t
   return m;
 }
 
-struct Run {
-  int rc;
-  std::string out;
-};
-Run run_cmd(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
 
-struct TempDir {
-  fs::path p;
-  explicit TempDir(const std::string& tag) {
-    p = fs::temp_directory_path() / ("subq-xlstm-" + tag + "-" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-  }
-  ~TempDir() { fs::remove_all(p); }
-};
 
 }  // namespace
 
@@ -464,7 +444,7 @@ TEST_CASE("a trained xLSTM checkpoint loads and generates through the decode sta
   TempDir t("train");
   subq::log::set_level("warn");
   subq::RunConfig c;
-  c.run.out_dir = t.p.string();
+  c.run.out_dir = t.path.string();
   c.run.name = "xl";
   c.run.seed = 3;
   c.run.device = "cpu";
@@ -517,7 +497,7 @@ TEST_CASE("a trained xLSTM checkpoint loads and generates through the decode sta
 TEST_CASE("xlstm HF export refusals", "[xlstm][hf_export]") {
   TempDir t("refuse");
   subq::models::HfExportOptions o;
-  o.out_dir = (t.p / "out").string();
+  o.out_dir = (t.path / "out").string();
   auto expect_refusal = [&](const ModelConfig& c, const std::string& needle) {
     auto m = make(c, 0, false);
     try {
@@ -564,7 +544,7 @@ TEST_CASE("xlstm HF export: transformers' xLSTMForCausalLM reproduces the logits
       for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.05);
     }
     subq::models::HfExportOptions o;
-    o.out_dir = (t.p / (k.tied ? "tied" : "untied")).string();
+    o.out_dir = (t.path / (k.tied ? "tied" : "untied")).string();
     auto files = subq::models::export_hf(*m, nullptr, o);
     auto cfg = nlohmann::json::parse(subq::fsx::read_file(o.out_dir + "/config.json"));
     CHECK(cfg["architectures"][0] == "xLSTMForCausalLM");
@@ -589,7 +569,7 @@ TEST_CASE("xlstm HF export: transformers' xLSTMForCausalLM reproduces the logits
       torch::NoGradGuard ng;
       logits = m->forward(ids).to(torch::kFloat32).contiguous();
     }
-    const std::string ref = (t.p / (std::string(k.tied ? "tied" : "untied") + "_ref.safetensors")).string();
+    const std::string ref = (t.path / (std::string(k.tied ? "tied" : "untied") + "_ref.safetensors")).string();
     subq::save_safetensors(ref, {{"input_ids", ids}, {"logits", logits}});
     cases.push_back(o.out_dir + ":" + ref);
   }

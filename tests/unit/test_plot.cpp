@@ -15,11 +15,13 @@
 #include "subq/core/error.h"
 #include "subq/train/plot.h"
 #include "subq_catch.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace subq::train;
 
 namespace {
+using subq::test::TempDir;
 
 // Number of points in an SVG path made of "M x y" / "L x y" commands; -1 when anything else is there.
 int64_t path_points(const std::string& d) {
@@ -133,14 +135,6 @@ std::string synthetic_metrics(int n_log, int log_every, int eval_every) {
   return s;
 }
 
-struct TempDir {
-  fs::path p;
-  TempDir() {
-    p = fs::temp_directory_path() / ("subq-plot-" + std::to_string(::getpid()) + "-" + std::to_string(rand()));
-    fs::create_directories(p);
-  }
-  ~TempDir() { fs::remove_all(p); }
-};
 
 void write(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
@@ -199,16 +193,16 @@ TEST_CASE("missing, empty and record-less metrics files are clear input errors",
     }
     return "no InputError";
   };
-  std::string m1 = msg([&] { read_metrics((t.p / "metrics.jsonl").string()); });
+  std::string m1 = msg([&] { read_metrics((t.path / "metrics.jsonl").string()); });
   CHECK(m1.find("no metrics file") != std::string::npos);
   CHECK(m1.find("subq train") != std::string::npos);
-  write(t.p / "metrics.jsonl", "\n  \n");
-  std::string m2 = msg([&] { read_metrics((t.p / "metrics.jsonl").string()); });
+  write(t.path / "metrics.jsonl", "\n  \n");
+  std::string m2 = msg([&] { read_metrics((t.path / "metrics.jsonl").string()); });
   CHECK(m2.find("is empty") != std::string::npos);
-  write(t.p / "metrics.jsonl", "hello\nworld\n");
-  std::string m3 = msg([&] { read_metrics((t.p / "metrics.jsonl").string()); });
+  write(t.path / "metrics.jsonl", "hello\nworld\n");
+  std::string m3 = msg([&] { read_metrics((t.path / "metrics.jsonl").string()); });
   CHECK(m3.find("no training or eval records") != std::string::npos);
-  std::string m4 = msg([&] { write_run_report((t.p / "nope").string()); });
+  std::string m4 = msg([&] { write_run_report((t.path / "nope").string()); });
   CHECK(m4.find("does not exist") != std::string::npos);
 }
 
@@ -323,11 +317,11 @@ TEST_CASE("an SVG chart has one well-formed path per series with every point", "
 
 TEST_CASE("the report is a self-contained page with every chart", "[plot]") {
   TempDir t;
-  write(t.p / "metrics.jsonl", synthetic_metrics(40, 25, 250) + "{\"step\":1025,\"lo");
-  write(t.p / "config.yaml", "model:\n  arch: transformer  # <tiny>\n");
-  write(t.p / "run.json", "[{\"commit\":\"abc1234\",\"command\":[\"subq\",\"train\"],\"started\":\"2026-01-01T00:00:00Z\"}]");
-  std::string out = write_run_report(t.p.string());
-  CHECK(out == (t.p / "report.html").string());
+  write(t.path / "metrics.jsonl", synthetic_metrics(40, 25, 250) + "{\"step\":1025,\"lo");
+  write(t.path / "config.yaml", "model:\n  arch: transformer  # <tiny>\n");
+  write(t.path / "run.json", "[{\"commit\":\"abc1234\",\"command\":[\"subq\",\"train\"],\"started\":\"2026-01-01T00:00:00Z\"}]");
+  std::string out = write_run_report(t.path.string());
+  CHECK(out == (t.path / "report.html").string());
   std::ifstream f(out);
   std::string html((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   std::string why;
@@ -350,6 +344,6 @@ TEST_CASE("the report is a self-contained page with every chart", "[plot]") {
   CHECK(html.find("41 %") != std::string::npos);  // median MFU
   CHECK(html.find("<th>last logged step</th><td>1000</td>") != std::string::npos);
 
-  std::string custom = write_run_report(t.p.string() + "/", (t.p / "r2.html").string());
+  std::string custom = write_run_report(t.path.string() + "/", (t.path / "r2.html").string());
   CHECK(fs::exists(custom));
 }

@@ -14,10 +14,12 @@
 #include "subq/core/error.h"
 #include "subq/core/safetensors.h"
 #include "subq_catch.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 
 namespace {
+subq::test::ShellRun run(const std::string& cmd) { return subq::test::run_shell(cmd); }
 
 fs::path temp_dir() {
   fs::path d = fs::temp_directory_path() / ("subq-st-" + std::to_string(::getpid()));
@@ -54,20 +56,6 @@ subq::TensorMap all_dtypes() {
   return m;
 }
 
-struct Popen {
-  int rc;
-  std::string out;
-};
-Popen run(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p);
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
 
 bool python_has_safetensors() {
   static int have = -1;

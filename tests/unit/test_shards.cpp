@@ -12,22 +12,14 @@
 #include "subq/data/hash.h"
 #include "subq/data/shards.h"
 #include "subq_catch.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace subq::data;
 
 namespace {
+using subq::test::TempDir;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("subq-" + tag + "-" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 std::vector<int32_t> random_ids(size_t n, int32_t vocab, uint32_t seed) {
   std::mt19937 rng(seed);
