@@ -20,6 +20,7 @@
 #include "subq/models/hf_export.h"
 #include "subq/models/model.h"
 #include "subq_catch.h"
+#include "hf_export_testing.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -27,7 +28,6 @@ using namespace subq;
 
 namespace {
 using subq::test::TempDir;
-subq::test::ShellRun run(const std::string& cmd) { return subq::test::run_shell(cmd); }
 
 
 data::Tokenizer tiny_tokenizer() {
@@ -123,28 +123,18 @@ TEST_CASE("HF export writes a Llama folder that transformers loads with the same
     cases.push_back(o.out_dir + ":" + ref);
   }
 
-  const char* py = std::getenv("SUBQ_PYTHON");
-  std::string cmd = std::string(py ? py : "python3") + " '" + subq::test::source_dir() + "/scripts/check_hf_export.py'";
-  for (const auto& c : cases) cmd += " --case '" + c + "'";
-  auto r = run(cmd);
-  INFO(r.out);
-  if (r.rc == 3 || r.rc == 127) SUBQ_SKIP("transformers is not importable here: " << r.out);
-  CHECK(r.rc == 0);
-  std::istringstream lines(r.out);
-  std::string line;
-  int checked = 0;
-  while (std::getline(lines, line)) {
-    if (line.empty() || line[0] != '{') continue;
-    auto j = nlohmann::json::parse(line);
-    INFO(line);
-    REQUIRE(j.contains("max_abs_diff"));
+  const auto hc = subq::test::run_hf_export_check(cases);
+  INFO(hc.out);
+  if (!hc.importable) SUBQ_SKIP("transformers is not importable here: " << hc.out);
+  CHECK(hc.rc == 0);
+  for (const auto& j : hc.cases) {
+    INFO(j.dump());
     CHECK(j["max_abs_diff"].get<double>() < 1e-4);
     CHECK(j["class"] == "LlamaForCausalLM");
     CHECK(j["tokenizer_roundtrip"] == true);
     CHECK(j["ok"] == true);
-    ++checked;
   }
-  CHECK(checked == 2);
+  CHECK(hc.cases.size() == 2);
 }
 
 TEST_CASE("HF export refusals and folder safety", "[hf_export]") {

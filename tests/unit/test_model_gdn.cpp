@@ -30,6 +30,7 @@
 #include "subq/models/hf_export.h"
 #include "subq/models/model.h"
 #include "subq_catch.h"
+#include "hf_export_testing.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -38,7 +39,6 @@ using torch::indexing::Slice;
 
 namespace {
 using subq::test::TempDir;
-subq::test::ShellRun run_cmd(const std::string& cmd) { return subq::test::run_shell(cmd); }
 
 // Tiny models: more intra-op threads only add synchronisation (and thrash on a shared 2-core machine).
 const bool kOneThread = [] {
@@ -496,21 +496,12 @@ TEST_CASE("gdn HF export: fla's config.json and names; fla loads it and reproduc
     args.push_back(o.out_dir + ":" + ref_path);
   }
 
-  const char* py = std::getenv("SUBQ_PYTHON");
-  std::string cmd = std::string(py ? py : "python3") + " '" + subq::test::source_dir() + "/scripts/check_hf_export.py'";
-  for (const auto& a : args) cmd += " --case '" + a + "'";
-  auto r = run_cmd(cmd);
-  INFO(r.out);
-  if (r.rc == 3 || r.rc == 127) SUBQ_SKIP("flash-linear-attention / transformers not importable here: " << r.out);
-  CHECK(r.rc == 0);
-  std::istringstream lines(r.out);
-  std::string line;
-  int checked = 0;
-  while (std::getline(lines, line)) {
-    if (line.empty() || line[0] != '{') continue;
-    auto j = nlohmann::json::parse(line);
-    INFO(line);
-    REQUIRE(j.contains("max_abs_diff"));
+  const auto hc = subq::test::run_hf_export_check(args);
+  INFO(hc.out);
+  if (!hc.importable) SUBQ_SKIP("flash-linear-attention / transformers not importable here: " << hc.out);
+  CHECK(hc.rc == 0);
+  for (const auto& j : hc.cases) {
+    INFO(j.dump());
     CHECK(j["class"] == "GatedDeltaNetForCausalLM");
     CHECK(j["strict_load"] == true);
     CHECK(j["weights_equal"] == true);
@@ -519,9 +510,8 @@ TEST_CASE("gdn HF export: fla's config.json and names; fla loads it and reproduc
     CHECK(j["grads_compared"].get<int>() > 30);
     CHECK(j["grad_max_rel_err"].get<double>() < 1e-4);
     CHECK(j["ok"] == true);
-    ++checked;
   }
-  CHECK(checked == 2);
+  CHECK(hc.cases.size() == 2);
 }
 
 TEST_CASE("gdn HF export refusals", "[gdn][hf_export]") {

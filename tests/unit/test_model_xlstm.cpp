@@ -34,6 +34,7 @@
 #include "subq/train/checkpoint.h"
 #include "subq/train/trainer.h"
 #include "subq_catch.h"
+#include "hf_export_testing.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -42,7 +43,6 @@ using torch::indexing::Slice;
 
 namespace {
 using subq::test::TempDir;
-subq::test::ShellRun run_cmd(const std::string& cmd) { return subq::test::run_shell(cmd); }
 
 // Tiny models: extra intra-op threads only add synchronisation (and thrash on a shared machine).
 const bool kOneThread = [] {
@@ -573,27 +573,17 @@ TEST_CASE("xlstm HF export: transformers' xLSTMForCausalLM reproduces the logits
     subq::save_safetensors(ref, {{"input_ids", ids}, {"logits", logits}});
     cases.push_back(o.out_dir + ":" + ref);
   }
-  const char* py = std::getenv("SUBQ_PYTHON");
-  std::string cmd = std::string(py ? py : "python3") + " '" + subq::test::source_dir() + "/scripts/check_hf_export.py'";
-  for (const auto& c : cases) cmd += " --case '" + c + "'";
-  auto r = run_cmd(cmd);
-  INFO(r.out);
-  if (r.rc == 3 || r.rc == 127) SUBQ_SKIP("transformers (with xLSTMForCausalLM) is not importable here: " << r.out);
-  CHECK(r.rc == 0);
-  std::istringstream lines(r.out);
-  std::string line;
-  int checked = 0;
-  while (std::getline(lines, line)) {
-    if (line.empty() || line[0] != '{') continue;
-    auto j = nlohmann::json::parse(line);
-    INFO(line);
-    REQUIRE(j.contains("max_abs_diff"));
+  const auto hc = subq::test::run_hf_export_check(cases);
+  INFO(hc.out);
+  if (!hc.importable) SUBQ_SKIP("transformers (with xLSTMForCausalLM) is not importable here: " << hc.out);
+  CHECK(hc.rc == 0);
+  for (const auto& j : hc.cases) {
+    INFO(j.dump());
     CHECK(j["max_abs_diff"].get<double>() < 1e-4);
     CHECK(j["class"] == "xLSTMForCausalLM");
     CHECK(j["missing"].empty());
     CHECK(j["unexpected"].empty());
     CHECK(j["ok"] == true);
-    ++checked;
   }
-  CHECK(checked == 2);
+  CHECK(hc.cases.size() == 2);
 }
