@@ -15,6 +15,7 @@
 #include "subq/core/error.h"
 #include "subq/core/log.h"
 #include "subq/data/hash.h"
+#include "data/cursor.h"
 
 namespace subq::data {
 
@@ -258,19 +259,10 @@ nlohmann::json TokenWindowLoader::state() const {
 }
 
 void TokenWindowLoader::restore(const nlohmann::json& s) {
-  auto need = [&](const char* key) -> const nlohmann::json& {
-    if (!s.is_object() || !s.contains(key))
-      throw InputError(str("data cursor: missing '", key, "' in ", s.dump(),
-                           "; the checkpoint's trainer_state.json is not from a token-window loader"));
-    return s.at(key);
-  };
-  try {
-    if (need("kind").get<std::string>() != kStateKind)
-      throw InputError(str("data cursor of kind '", s.at("kind").get<std::string>(), "' cannot resume a ", kStateKind,
-                           " loader: the checkpoint was written for another data.task"));
-    if (need("version").get<int>() != kStateVersion)
-      throw InputError(str("data cursor version ", s.at("version").get<int>(), " is not ", kStateVersion,
-                           ": the checkpoint comes from another subq version"));
+  const std::string from = "a token-window loader";
+  auto need = [&](const char* key) -> const nlohmann::json& { return cursor::need(s, key, from); };
+  cursor::read_guarded(s, [&] {
+    cursor::check_kind(s, kStateKind, kStateVersion, from, "loader");
     const std::string fp = hash_hex(shards_->fingerprint());
     if (need("seq_len").get<int64_t>() != opts_.seq_len || need("tokens").get<uint64_t>() != shards_->size() ||
         need("fingerprint").get<std::string>() != fp || need("shuffle").get<bool>() != opts_.shuffle)
@@ -280,21 +272,12 @@ void TokenWindowLoader::restore(const nlohmann::json& s) {
                            ", shuffle ", opts_.shuffle, " in ", opts_.shards,
                            ". Resume with the data.train and data.seq_len the run started with, or start a new run"));
     const uint64_t seed = need("seed").get<uint64_t>();
-    uint64_t consumed = need("consumed").get<uint64_t>();
-    const int64_t world = need("world").get<int64_t>();
-    const uint64_t w = static_cast<uint64_t>(opts_.world);
-    if (world != opts_.world) {
-      log::warn(str("data cursor was saved with ", world, " data-parallel ranks, resuming with ", opts_.world,
-                    ": continuing from global window ", consumed - consumed % w, " of ", consumed));
-      consumed -= consumed % w;
-    }
+    const uint64_t consumed = cursor::resume_consumed(s, opts_.world, from, "window");
     stop_worker();
     error_ = nullptr;
     opts_.seed = seed;
     consumed_ = consumed;
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(str("data cursor ", s.dump(), " is malformed: ", e.what()));
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------- eval

@@ -16,6 +16,7 @@
 #include "subq/core/error.h"
 #include "subq/core/log.h"
 #include "subq/data/synthetic.h"
+#include "data/cursor.h"
 
 namespace subq::data {
 
@@ -95,37 +96,18 @@ nlohmann::json SyntheticSource::state() const {
 }
 
 void SyntheticSource::restore(const nlohmann::json& s) {
-  auto need = [&](const char* key) -> const nlohmann::json& {
-    if (!s.is_object() || !s.contains(key))
-      throw InputError(str("data cursor: missing '", key, "' in ", s.dump(),
-                           "; the checkpoint's trainer_state.json is not from a synthetic-task run"));
-    return s.at(key);
-  };
-  try {
-    if (need("kind").get<std::string>() != kStateKind)
-      throw InputError(str("data cursor of kind '", s.at("kind").get<std::string>(), "' cannot resume a ", kStateKind,
-                           " source: the checkpoint was written for another data.task"));
-    if (need("version").get<int>() != kStateVersion)
-      throw InputError(str("data cursor version ", s.at("version").get<int>(), " is not ", kStateVersion,
-                           ": the checkpoint comes from another subq version"));
-    if (need("fingerprint").get<std::string>() != fingerprint_)
+  const std::string from = "a synthetic-task run";
+  cursor::read_guarded(s, [&] {
+    cursor::check_kind(s, kStateKind, kStateVersion, from, "source");
+    if (cursor::need(s, "fingerprint", from).get<std::string>() != fingerprint_)
       throw InputError(str("the checkpoint's data cursor was saved for another synthetic stream (",
                            s.at("fingerprint").get<std::string>(), "); now: ", fingerprint_,
                            ". Resume with the data.synthetic settings the run started with, or start a new run"));
-    const uint64_t seed = need("seed").get<uint64_t>();
-    uint64_t consumed = need("consumed").get<uint64_t>();
-    const int64_t world = need("world").get<int64_t>();
-    const uint64_t w = static_cast<uint64_t>(opts_.world);
-    if (world != opts_.world) {
-      log::warn(str("data cursor was saved with ", world, " data-parallel ranks, resuming with ", opts_.world,
-                    ": continuing from global example ", consumed - consumed % w, " of ", consumed));
-      consumed -= consumed % w;
-    }
+    const uint64_t seed = cursor::need(s, "seed", from).get<uint64_t>();
+    const uint64_t consumed = cursor::resume_consumed(s, opts_.world, from, "example");
     opts_.seed = seed;
     consumed_ = consumed;
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(str("data cursor ", s.dump(), " is malformed: ", e.what()));
-  }
+  });
 }
 
 }  // namespace subq::data
