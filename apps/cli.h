@@ -34,6 +34,10 @@ inline CLI::App* bench_command(CLI::App& app) {
   return b;
 }
 
+// A benchmark driver's result: `text` (JSON) to stdout and, when `out` is not empty, to that file too
+// (written atomically, parent directories created), logging where it went.
+void emit_bench_result(const std::string& text, const std::string& out);
+
 struct CommandRegistrar {
   CommandRegistrar(int order, CommandAdder add) { command_registry().push_back({order, add}); }
 };

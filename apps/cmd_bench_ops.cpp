@@ -3,12 +3,7 @@
 // times of the recurrence ops beside the roofline floor measured on this machine (ops/bench_ops.h).
 // Defaults are issue 6's shapes (B8 T4096 H16 D128 and B2 T16384 H16 D128, bf16). The result JSON goes
 // to stdout and, with --out, to a file (atomically; parent directories created).
-#include <cstdio>
-#include <filesystem>
-
 #include "apps/cli.h"
-#include "subq/core/fs.h"
-#include "subq/core/log.h"
 #include "subq/ops/bench_ops.h"
 
 namespace subq::cli {
@@ -57,16 +52,7 @@ void add_bench_ops_command(CLI::App& app, Context& ctx) {
       bo.profile_top = o.profile;
       bo.argv = ctx.argv;
       nlohmann::json r = ops::bench_ops(bo);
-      const std::string text = r.dump(2) + "\n";
-      std::fputs(text.c_str(), stdout);
-      std::fflush(stdout);
-      if (!o.out.empty()) {
-        auto parent = std::filesystem::path(o.out).parent_path();
-        std::error_code ec;
-        if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-        fsx::write_file_atomic(o.out, text);
-        log::info(str("result written to ", o.out));
-      }
+      emit_bench_result(r.dump(2) + "\n", o.out);
       return 0;
     };
   });

@@ -2,11 +2,8 @@
 // [--profile N] [--out bench/results/X.json]`: training throughput (tokens/s, step time, MFU, peak memory)
 // of a config on this machine, measured with the trainer's own step (see train/bench_train.h). The result JSON goes
 // to stdout and, with --out, to a file (written atomically; parent directories created).
-#include <cstdio>
-#include <filesystem>
 
 #include "apps/cli.h"
-#include "subq/core/fs.h"
 #include "subq/core/log.h"
 #include "subq/core/run_config.h"
 #include "subq/dist/context.h"
@@ -64,16 +61,7 @@ void add_bench_train_command(CLI::App& app, Context& ctx) {
         return res;
       });
       if (r.is_null()) return 0;
-      const std::string text = r.dump(2) + "\n";
-      std::fputs(text.c_str(), stdout);
-      std::fflush(stdout);
-      if (!o.out.empty()) {
-        auto parent = std::filesystem::path(o.out).parent_path();
-        std::error_code ec;
-        if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-        fsx::write_file_atomic(o.out, text);
-        log::info(str("result written to ", o.out));
-      }
+      emit_bench_result(r.dump(2) + "\n", o.out);
       const auto& t = r["tokens_per_s"];
       log::info(str("median ", t.is_null() ? 0.0 : t["median"].get<double>(), " tokens/s, step ",
                     r["step_time_s"].is_null() ? 0.0 : r["step_time_s"]["median"].get<double>(), " s, MFU ",

@@ -6,16 +6,29 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 
 #include "apps/cli.h"
 #include "subq/core/build_info.h"
 #include "subq/core/error.h"
+#include "subq/core/fs.h"
 #include "subq/core/log.h"
 
 namespace subq::cli {
 std::vector<CommandEntry>& command_registry() {
   static std::vector<CommandEntry> r;
   return r;
+}
+
+void emit_bench_result(const std::string& text, const std::string& out) {
+  std::fputs(text.c_str(), stdout);
+  std::fflush(stdout);
+  if (out.empty()) return;
+  const auto parent = std::filesystem::path(out).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  fsx::write_file_atomic(out, text);
+  log::info(str("result written to ", out));
 }
 }  // namespace subq::cli
 
