@@ -231,7 +231,7 @@ inline d::GatedDeltaLaunchers make_table() {
   t.v2_scan_bwd = &v2_scan_bwd;
   t.v2_chunk_bwd = &v2_chunk_bwd;
   t.v2_wy_bwd = &v2_wy_bwd;
-  t.v2_sm_count = [](void*) { return g_sm_count; };
+  t.v2_sm_count = [](int) { return g_sm_count; };
   return t;
 }
 inline const d::GatedDeltaLaunchers kEmulated = make_table();

@@ -9,6 +9,7 @@
 
 #include "ops/common/cuda_device.h"
 #include "subq/core/error.h"
+#include "subq/ops/cuda_check.h"
 
 namespace subq::ops::detail {
 
@@ -48,6 +49,18 @@ std::string kernel_device_error(int device, const void* kernel, const char* fami
   }
   cache[key] = err;
   return err;
+}
+
+int multiprocessor_count(int device) {
+  static std::mutex mu;
+  static std::map<int, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  int n = 0;
+  SUBQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  cache[device] = n;
+  return n;
 }
 
 }  // namespace subq::ops::detail

@@ -12,4 +12,7 @@ namespace subq::ops::detail {
 // "SSD") and the fix. Cached per (kernel, device); safe to call from several threads.
 std::string kernel_device_error(int device, const void* kernel, const char* family, int min_major);
 
+// Streaming multiprocessors of CUDA device `device` (grid sizing); queried once per device, then cached.
+int multiprocessor_count(int device);
+
 }  // namespace subq::ops::detail

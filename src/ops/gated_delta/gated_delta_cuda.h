@@ -166,16 +166,16 @@ struct GdnV2BwdArgs {
 // batch x head pairs, e.g. B2 H16: 32 blocks on 132 SMs) the 32-row tile runs instead: 2-4x the blocks,
 // each with a shorter per-chunk chain. sms = 0 (unknown, or a CPU test): the wide tile. The glue chooses
 // (GdnV2BwdArgs::scan_rows, x_part's size); the launchers and the emulated tests take its choice.
+inline int gdn_v2_scan_bwd_wide(int dk) { return dk <= 128 ? 128 : 64; }
 inline int gdn_v2_scan_bwd_rows(int dk, int dv, int64_t bh = 0, int sms = 0) {
-  const int wide = dk <= 128 ? 128 : 64;
+  const int wide = gdn_v2_scan_bwd_wide(dk);
   if (dv % wide != 0) return 32;
   if (sms > 0 && 2 * (dv / wide) * bh <= sms) return 32;
   return wide;
 }
 // Whether `rows` is a scan_bwd tile the launchers have for (dk, dv): the wide one or 32, dividing Dv.
 inline bool gdn_v2_scan_bwd_rows_ok(int dk, int dv, int rows) {
-  const int wide = dk <= 128 ? 128 : 64;
-  return (rows == 32 || rows == wide) && dv % rows == 0;
+  return (rows == 32 || rows == gdn_v2_scan_bwd_wide(dk)) && dv % rows == 0;
 }
 // ---- end gdnbwd ------------------------------------------------------------------------------------------
 
@@ -199,8 +199,8 @@ struct GatedDeltaLaunchers {
   void (*v2_scan_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
   void (*v2_chunk_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
   void (*v2_wy_bwd)(const GdnV2BwdArgs&, GdnKernelDtype, void* stream) = nullptr;
-  // multiprocessors of the device `stream` runs on (the scan_bwd tile choice); null: unknown (0)
-  int (*v2_sm_count)(void* stream) = nullptr;
+  // multiprocessors of CUDA device `device` (the scan_bwd tile choice); null: unknown (0)
+  int (*v2_sm_count)(int device) = nullptr;
   // end gdnbwd
 };
 

@@ -83,8 +83,8 @@ GdnV2Grads gated_delta_v2_backward(const GatedDeltaLaunchers& L, const GdnV2Save
   Tensor dgc_part = torch::empty({slices, B * H, nc * 64}, f32);
   void* stream = glue::stream_of(s.q);
   // scan_bwd's tile (by the device's SM count), two partials (value column halves) per scan_bwd block
-  const int scan_rows =
-      gdn_v2_scan_bwd_rows(static_cast<int>(dk), static_cast<int>(dv), B * H, L.v2_sm_count ? L.v2_sm_count(stream) : 0);
+  const int sms = L.v2_sm_count && s.q.is_cuda() ? L.v2_sm_count(s.q.get_device()) : 0;
+  const int scan_rows = gdn_v2_scan_bwd_rows(static_cast<int>(dk), static_cast<int>(dv), B * H, sms);
   const int64_t x_blocks = 2 * (dv / scan_rows);
   Tensor x_part = torch::empty({x_blocks, B * H, nc * 64}, f32);
   Tensor dK = torch::empty({B, H, T, dk}, opt);

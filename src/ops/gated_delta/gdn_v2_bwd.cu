@@ -51,13 +51,6 @@ void check_args(const GdnV2BwdArgs& a, const char* what) {
              " do not match a scan_bwd tile for Dk = ", a.key_dim, ", Dv = ", a.value_dim);
 }
 
-int v2_sm_count(void*) {
-  int device = 0, sms = 0;
-  SUBQ_CUDA_CHECK(cudaGetDevice(&device));
-  SUBQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 template <typename T, int DK, int BV>
 void launch_scan(const GdnV2BwdArgs& a, cudaStream_t s) {
   constexpr size_t smem = sizeof(ScanSmemOf<T, DK, BV>);
@@ -143,7 +136,7 @@ void v2_wy_bwd(const GdnV2BwdArgs& a, GdnKernelDtype dtype, void* stream) { by_d
 }  // namespace
 
 void set_gdn_v2_bwd_launchers(GatedDeltaLaunchers& t) {
-  t.v2_sm_count = &v2_sm_count;
+  t.v2_sm_count = &multiprocessor_count;
   t.v2_scan_bwd = &v2_scan_bwd;
   t.v2_chunk_bwd = &v2_chunk_bwd;
   t.v2_wy_bwd = &v2_wy_bwd;

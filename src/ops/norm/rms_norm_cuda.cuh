@@ -47,26 +47,6 @@ __device__ __forceinline__ void input_grads(float xv, float zv, bool gated, floa
   dz = gated ? dh * xv * sg * (1.f + zv * (1.f - sg)) : 0.f;
 }
 
-// One row's group slice (blockIdx.y = the group) as the kernels read it: x, the gate z (or null), and for
-// the backward the output gradient g and the saved 1 / rms r.
-template <typename X, typename O>
-struct NormRow {
-  const X* x;
-  const X* z;
-  const O* g;
-  float r;
-};
-template <typename X, typename O>
-__device__ __forceinline__ NormRow<X, O> norm_row(const RmsNormArgs& a, int64_t row, int off, bool backward) {
-  const int64_t base = row * a.dim + off;
-  NormRow<X, O> v;
-  v.x = static_cast<const X*>(a.x) + base;
-  v.z = a.z ? static_cast<const X*>(a.z) + base : nullptr;
-  v.g = backward ? static_cast<const O*>(a.g) + base : nullptr;
-  v.r = backward ? a.r_in[row * a.groups + blockIdx.y] : 0.f;
-  return v;
-}
-
 template <typename X, typename O>
 __global__ void __launch_bounds__(kThreads) rms_norm_fwd_kernel(const RmsNormArgs a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -74,9 +54,8 @@ __global__ void __launch_bounds__(kThreads) rms_norm_fwd_kernel(const RmsNormArg
   if (row >= a.rows) return;
   const int dg = a.dim / a.groups, off = blockIdx.y * dg;
   const int64_t base = row * a.dim + off;
-  const NormRow<X, O> rv = norm_row<X, O>(a, row, off, false);
-  const X* x = rv.x;
-  const X* z = rv.z;
+  const X* x = static_cast<const X*>(a.x) + base;
+  const X* z = a.z ? static_cast<const X*>(a.z) + base : nullptr;
   float ss = 0.f;
   for (int i = lane; i < dg; i += 32) {
     float h = ck::to_float(x[i]);
@@ -111,11 +90,10 @@ __global__ void __launch_bounds__(kThreads) rms_norm_bwd_kernel(const RmsNormArg
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + warp; row < a.rows;
        row += static_cast<int64_t>(gridDim.x) * kNormWarps) {
     const int64_t base = row * a.dim + off;
-    const NormRow<X, O> rv = norm_row<X, O>(a, row, off, true);
-    const X* x = rv.x;
-    const X* z = rv.z;
-    const O* g = rv.g;
-    const float r = rv.r;
+    const X* x = static_cast<const X*>(a.x) + base;
+    const X* z = a.z ? static_cast<const X*>(a.z) + base : nullptr;
+    const O* g = static_cast<const O*>(a.g) + base;
+    const float r = a.r_in[row * a.groups + blockIdx.y];
     float acc = 0.f;
     SUBQ_UNROLL
     for (int j = 0; j < kPerLane; ++j) {
@@ -212,9 +190,8 @@ __global__ void __launch_bounds__(kThreads) rms_norm_fwd_vec_kernel(const RmsNor
   if (row >= a.rows) return;
   const int dg = a.dim / a.groups, off = blockIdx.y * dg, npk = dg / 8;
   const int64_t base = row * a.dim + off;
-  const NormRow<X, O> rv = norm_row<X, O>(a, row, off, false);
-  const X* x = rv.x;
-  const X* z = rv.z;
+  const X* x = static_cast<const X*>(a.x) + base;
+  const X* z = a.z ? static_cast<const X*>(a.z) + base : nullptr;
   float h[NP][8];
   float ss = 0.f;
   SUBQ_UNROLL
@@ -258,11 +235,10 @@ __global__ void __launch_bounds__(kThreads) rms_norm_bwd_vec_kernel(const RmsNor
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + warp; row < a.rows;
        row += static_cast<int64_t>(gridDim.x) * kNormWarps) {
     const int64_t base = row * a.dim + off;
-    const NormRow<X, O> rv = norm_row<X, O>(a, row, off, true);
-    const X* x = rv.x;
-    const X* z = rv.z;
-    const O* g = rv.g;
-    const float r = rv.r;
+    const X* x = static_cast<const X*>(a.x) + base;
+    const X* z = a.z ? static_cast<const X*>(a.z) + base : nullptr;
+    const O* g = static_cast<const O*>(a.g) + base;
+    const float r = a.r_in[row * a.groups + blockIdx.y];
     float acc = 0.f;
     SUBQ_UNROLL
     for (int j = 0; j < NP; ++j) {

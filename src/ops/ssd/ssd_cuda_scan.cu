@@ -65,11 +65,7 @@ std::string ssd_cuda_device_error(int device) {
   return kernel_device_error(device, reinterpret_cast<const void*>(&ssd_scan_kernel<__nv_bfloat16, false>), "SSD", 8);
 }
 
-int ssd_cuda_sm_count(int device) {
-  int n = 0;
-  SUBQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
+int ssd_cuda_sm_count(int device) { return multiprocessor_count(device); }
 
 void ssd_cuda_scan(const SsdScanArgs& a, SsdKernelDtype dtype, void* stream) {
   SUBQ_CHECK(a.n.head_dim % kTile == 0 && a.n.state_dim % kTile == 0, "ssd scan: P = ", a.n.head_dim,
