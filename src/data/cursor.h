@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "subq/core/error.h"
+
 namespace subq::data::cursor {
 
 // Field `key` of cursor s; an InputError when it is absent, naming the run the cursor should come from
@@ -24,15 +26,6 @@ void check_kind(const nlohmann::json& s, const std::string& kind, int version, c
 uint64_t resume_consumed(const nlohmann::json& s, int64_t world, const std::string& from, const char* unit);
 
 // Runs read(), turning a JSON type error (a field of the wrong type) into an InputError naming the cursor.
-template <typename F>
-void read_guarded(const nlohmann::json& s, F&& read);
-
-}  // namespace subq::data::cursor
-
-#include "subq/core/error.h"
-
-namespace subq::data::cursor {
-
 template <typename F>
 void read_guarded(const nlohmann::json& s, F&& read) {
   try {
