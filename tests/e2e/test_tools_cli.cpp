@@ -140,3 +140,21 @@ TEST_CASE("bench train: tiny config on the CPU writes a result file", "[cli][too
   fs::remove_all(out.parent_path());
   CHECK(run("bench train --config configs/quickstart.yaml --set run.device=cpu --set data.tokenizer=/nonexistent/tok.json --steps 2").rc == 2);  // vocab 0, no tokenizer
 }
+
+TEST_CASE("bench ops: --profile on the CPU writes each entry's profile; a negative count is a usage error",
+          "[cli][tools]") {
+  fs::path out = fs::temp_directory_path() / ("subq-bench-ops-e2e-" + std::to_string(::getpid())) / "o.json";
+  auto b = run("bench ops --op ssd --shape 1,32,2,8 --device cpu --dtype fp32 --iters 1 --warmup 0 --profile 3 --out '" +
+               out.string() + "'");
+  INFO(b.out);
+  CHECK(b.rc == 0);
+  REQUIRE(fs::exists(out));
+  auto j = nlohmann::json::parse(subq::fsx::read_file(out.string()));
+  REQUIRE(j["results"].size() == 1);
+  CHECK(j["results"][0]["profile"]["cpu_ops"].size() <= 3);
+  CHECK(j["options"]["profile_top"] == 3);
+  fs::remove_all(out.parent_path());
+  auto bad = run("bench ops --profile -1");
+  CHECK(bad.rc == 2);
+  CHECK(has(bad.out, "--profile"));
+}
